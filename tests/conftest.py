@@ -1,0 +1,31 @@
+"""Shared fixtures. Real-data tests use ``../shared/data`` (or ``$EOFM_SHARED_DATA``) and skip
+cleanly when it is absent, as on a user's fresh clone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("EOFM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real EO data; skips the test when it is absent."""
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real EO data not found at {root} (set EOFM_SHARED_DATA)")
+    return root
+
+
+def shared_subdir(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
