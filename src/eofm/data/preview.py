@@ -26,16 +26,25 @@ def rgb_indices(bands: Sequence[str]) -> list[int] | None:
     return out
 
 
-def stretch(image: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
-    """Per-channel percentile stretch to ``[0, 1]``, ignoring NaNs."""
+def stretch(image: np.ndarray, low: float = 2, high: float = 98, joint: bool = False) -> np.ndarray:
+    """Percentile stretch to ``[0, 1]``, ignoring NaNs.
+
+    Per channel by default. With ``joint=True`` each channel's low percentile is subtracted
+    (dark-object subtraction, which removes haze) and one gain is shared by all channels,
+    which keeps the colour balance of an RGB composite.
+    """
     out = np.zeros(image.shape, dtype=np.float32)
+    lows, highs, spans = [], [], []
     for c in range(image.shape[0]):
-        band = image[c]
-        finite = band[np.isfinite(band)]
-        if finite.size == 0:
-            continue
-        lo, hi = np.percentile(finite, [low, high])
-        out[c] = np.clip((band - lo) / max(float(hi - lo), 1e-6), 0, 1)
+        finite = image[c][np.isfinite(image[c])]
+        lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 1.0)
+        lows.append(float(lo))
+        highs.append(float(hi))
+        spans.append(max(float(hi - lo), 1e-6))
+    for c in range(image.shape[0]):
+        # joint: never stretch a near-uniform scene (calm water) by more than 5x its brightness
+        span = max(max(spans), 0.2 * max(abs(h) for h in highs)) if joint else spans[c]
+        out[c] = np.clip((image[c] - lows[c]) / span, 0, 1)
     return np.nan_to_num(out)
 
 
@@ -45,7 +54,7 @@ def display_image(image: torch.Tensor | np.ndarray, bands: Sequence[str]) -> np.
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     idx = rgb_indices(bands)
     if idx is not None:
-        rgb: np.ndarray = stretch(arr[idx].astype(np.float32)).transpose(1, 2, 0)
+        rgb: np.ndarray = stretch(arr[idx].astype(np.float32), joint=True).transpose(1, 2, 0)
         return rgb
     grey: np.ndarray = stretch(arr[:1].astype(np.float32))[0]
     return grey
