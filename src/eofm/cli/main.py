@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,11 @@ class sub-folders of images; a CSV (path,label[,split] or one 0/1 column per cla
 of multi-labels; BigEarthNet patch folders; Sen1Floods11 (S1/S2/Labels); images/ + masks/;
 A/ + B/ + label/ (change detection); a glob such as 'archive/**/*.tif'; or
 torchgeo:<ClassName>:<root> for a torchgeo dataset on disk."""
+
+
+#: Modules that add their own sub-commands: each has ``add_parser(subparsers)``, whose parsers
+#: set ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code).
+PLUGIN_COMMANDS = ("eofm.cli.pretrain", "eofm.cli.evaluate", "eofm.cli.curate")
 
 
 def _bands(text: str | None) -> list[str] | None:
@@ -249,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
     pack.set_defaults(func=cmd_pack)
+
+    for module_name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        module.add_parser(sub)
     return parser
 
 
