@@ -1,0 +1,84 @@
+"""``eofm pretrain``: self-supervised pretraining from a recipe (``configs/*.yaml``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  eofm pretrain --config configs/dino_tiny.yaml
+  eofm pretrain --config configs/simclr_baseline.yaml --set data.path=/data/ssl4eo optim.lr=3e-4
+  eofm pretrain --config configs/dino_tiny.yaml --resume last
+  eofm pretrain --config configs/mocov3_tiny.yaml trainer.max_steps=20 --out runs/try1
+
+Overrides are KEY=VALUE with a dotted key into the recipe (data, model, method, augment,
+optim, trainer, output, curation); VALUE is read as YAML (3e-4, true, null, [B04,B03,B02],
+{temperature: 0.2}). Ctrl-C or SIGTERM saves checkpoints/interrupted.ckpt; --resume last
+continues from the newest checkpoint of the run folder."""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``pretrain`` sub-command to the ``eofm`` parser."""
+    p = subparsers.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (SimCLR, MoCo v3, DINO, MAE...) from a recipe",
+        description="Pretrain a backbone with a self-supervised method; export the encoder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", metavar="YAML", help="recipe file (see configs/README.md)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="override recipe fields, e.g. --set optim.lr=3e-4 trainer.max_steps=100",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    p.add_argument(
+        "--resume",
+        metavar="last|PATH",
+        help="continue a run: 'last' (newest checkpoint of the run folder) or a .ckpt path",
+    )
+    p.add_argument("--out", metavar="DIR", help="run folder (instead of output.dir/output.name)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Run ``eofm pretrain``."""
+    import yaml
+
+    from eofm.training import TrainingInterrupted, load_config, run_pretraining
+    from eofm.training.config import config_to_dict
+
+    sets = [item for group in args.sets for item in group]
+    config = load_config(args.config, [*sets, *args.overrides])
+    if args.out:
+        config.output.dir = args.out
+        config.output.name = ""
+    if args.quiet:
+        config.trainer.progress_bar = False
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+    try:
+        result = run_pretraining(config, resume=args.resume)
+    except TrainingInterrupted as err:
+        print(f"eofm: {err}", file=sys.stderr)
+        return 130
+    print(f"run:        {result.run_dir}")
+    print(f"steps:      {result.global_step}")
+    if result.final_loss is not None:
+        print(f"final loss: {result.final_loss:.4f}")
+    if result.images_per_s is not None:
+        print(f"throughput: {result.images_per_s:.1f} images/s")
+    print(f"checkpoint: {result.last_checkpoint}")
+    if result.model_path is not None:
+        print(f"model:      {result.model_path}")
+    return 0

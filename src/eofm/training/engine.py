@@ -1,0 +1,516 @@
+"""``run_pretraining(config)``: build everything from a recipe, train with Lightning, export.
+
+Run folder layout (``output.dir/output.name``)::
+
+    config.yaml                 the resolved recipe
+    eofm_card.json              dataset card used for normalisation (unless the data has one)
+    synthetic/                  generated data (``data.path: synthetic...``)
+    checkpoints/step=0000500.ckpt, last.ckpt, interrupted.ckpt
+    logs/version_N/metrics.csv  CSV logs (and TensorBoard events when tensorboard is installed)
+    model.safetensors, model.json   the exported encoder (``eofm.models.load_model``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import os
+import shutil
+import signal
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import nn
+
+from eofm.augment.multiview import MultiViewAugment
+from eofm.errors import ConfigError, EofmError
+from eofm.methods.base import SSLMethod, ViewSpec, create_method
+from eofm.training.config import PretrainConfig, _suggest, config_to_dict
+from eofm.training.data import (
+    DatasetInfo,
+    PretrainDataModule,
+    build_dataset,
+    build_normalizer,
+)
+from eofm.training.module import (
+    FinalCheckpoint,
+    InterruptCheckpoint,
+    PretrainModule,
+    ThroughputMonitor,
+)
+
+__all__ = [
+    "RunResult",
+    "TrainingInterrupted",
+    "build_method",
+    "resolve_resume",
+    "run_dir_of",
+    "run_pretraining",
+    "validate_config",
+]
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_true",
+    "fsdp",
+    "single_device",
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: Lightning warnings that do not apply to this engine.
+_QUIET = (
+    r".*resuming from a checkpoint that ended before the epoch ended.*",  # sampler resumes
+    r".*overridden `on_after_batch_transfer` in `LightningModule`.*",
+    r".*is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",  # resuming in the run folder
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
+class TrainingInterrupted(EofmError, KeyboardInterrupt):
+    """Training was stopped by SIGINT/SIGTERM; ``checkpoint`` is where to resume from."""
+
+    def __init__(self, checkpoint: Path | None, step: int) -> None:
+        self.checkpoint = checkpoint
+        self.step = step
+        where = f"; resume from {checkpoint} with --resume last" if checkpoint else ""
+        super().__init__(f"training interrupted at step {step}{where}")
+
+
+@dataclass
+class RunResult:
+    """What a pretraining run produced."""
+
+    run_dir: Path
+    model_path: Path | None
+    last_checkpoint: Path | None
+    checkpoints: list[Path] = field(default_factory=list)
+    global_step: int = 0
+    final_loss: float | None = None
+    images_per_s: float | None = None
+    wall_time_s: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> None:
+    t = config.trainer
+    acc = t.accelerator.lower()
+    if acc not in ACCELERATORS:
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator!r} is not known{_suggest(acc, ACCELERATORS)}"
+        )
+    has_gpu = torch.cuda.is_available()
+    if check_devices and acc in ("gpu", "cuda") and not has_gpu:
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator!r} but no GPU is available on this machine; "
+            "use trainer.accelerator=cpu (or auto)"
+        )
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={t.strategy!r} is not known{_suggest(t.strategy, STRATEGIES)}"
+        )
+    if t.precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={t.precision!r} is not known{_suggest(t.precision, PRECISIONS)}"
+        )
+    on_cpu = acc == "cpu" or (check_devices and acc == "auto" and not has_gpu)
+    if on_cpu and t.precision in ("16-mixed", "16-true"):
+        raise ConfigError(
+            f"trainer.precision={t.precision!r} needs a GPU; on CPU use bf16-mixed or 32-true"
+        )
+    if on_cpu and t.strategy == "fsdp":
+        raise ConfigError("trainer.strategy=fsdp needs GPUs; on CPU use ddp or ddp_spawn")
+    if t.max_steps <= 0 and t.max_epochs is None and t.max_time_s is None:
+        raise ConfigError("set trainer.max_steps, trainer.max_epochs or trainer.max_time_s")
+    if t.checkpoint_every_n_steps < 1:
+        raise ConfigError("trainer.checkpoint_every_n_steps must be at least 1")
+    if config.data.batch_size < 1:
+        raise ConfigError("data.batch_size must be at least 1")
+
+
+def run_dir_of(config: PretrainConfig) -> Path:
+    """``output.dir/output.name`` (``output.dir`` itself when the name is empty)."""
+    name = config.output.name
+    if name is None:
+        name = f"{config.method.name}_{config.model.backbone}"
+    return Path(config.output.dir) / name if name else Path(config.output.dir)
+
+
+def resolve_resume(resume: str | os.PathLike[str] | None, run_dir: Path) -> Path | None:
+    """``"last"``: the newest of ``last.ckpt``/``interrupted.ckpt`` in the run; else a path."""
+    if resume is None:
+        return None
+    if str(resume) == "last":
+        ckpt_dir = run_dir / "checkpoints"
+        found = [p for p in (ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt") if p.is_file()]
+        if not found:
+            raise ConfigError(f"--resume last: no last.ckpt or interrupted.ckpt in {ckpt_dir}")
+        return max(found, key=lambda p: p.stat().st_mtime_ns)
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: checkpoint file not found")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def _view_spec(method: SSLMethod, overrides: dict[str, Any]) -> ViewSpec:
+    names = [f.name for f in dataclasses.fields(ViewSpec)]
+    clean: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"unknown field 'method.views.{key}'{_suggest(key, names)}")
+        clean[key] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(method.view_spec, **clean)
+
+
+def _check_method(config: PretrainConfig) -> None:
+    """The method exists, its options are parameters of its class, the view keys are valid."""
+    from eofm.methods.base import _METHODS
+    from eofm.methods.registry import import_all
+
+    known = import_all()
+    name = config.method.name
+    if name not in known:
+        raise ConfigError(
+            f"method.name={name!r} is not a pretraining method{_suggest(name, known)}"
+        )
+    params = inspect.signature(_METHODS[name]).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    valid = [n for n in params if n not in ("self", "backbone")]
+    for key in config.method.options:
+        if not accepts_any and key not in valid:
+            raise ConfigError(
+                f"unknown option 'method.options.{key}' of {name}{_suggest(key, valid)}"
+            )
+    names = [f.name for f in dataclasses.fields(ViewSpec)]
+    for key in config.method.views:
+        if key not in names:
+            raise ConfigError(f"unknown field 'method.views.{key}'{_suggest(key, names)}")
+
+
+def validate_config(config: PretrainConfig, *, check_devices: bool = True) -> None:
+    """Check names and values that the dataclasses cannot: method and its options, backbone,
+    views, trainer settings (and, with ``check_devices``, that a requested GPU exists)."""
+    from eofm.models import list_backbones
+
+    _check_trainer(config, check_devices=check_devices)
+    _check_method(config)
+    backbones = list_backbones()
+    if config.model.backbone not in backbones:
+        raise ConfigError(
+            f"model.backbone={config.model.backbone!r} is not a registered backbone"
+            f"{_suggest(config.model.backbone, backbones)}"
+        )
+
+
+def build_method(config: PretrainConfig, backbone: nn.Module) -> SSLMethod:
+    """``create_method`` with the recipe's options; a wrong option is a ConfigError."""
+    _check_method(config)
+    try:
+        method = create_method(config.method.name, backbone, **config.method.options)
+    except TypeError as exc:
+        raise ConfigError(f"method.options of {config.method.name}: {exc}") from None
+    if config.method.views:
+        method.view_spec = _view_spec(method, config.method.views)
+    return method
+
+
+def _block_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """Transformer/residual block classes of a timm model (FSDP wrapping, checkpointing)."""
+    names = {
+        "Block",
+        "ParallelThingsBlock",
+        "ParallelScalingBlock",
+        "SwinTransformerBlock",
+        "SwinTransformerV2Block",
+        "Bottleneck",
+        "BasicBlock",
+    }
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+def _strategy(config: PretrainConfig, backbone: nn.Module) -> Any:
+    t = config.trainer
+    if t.strategy != "fsdp":
+        if t.strategy_options and t.strategy.startswith("ddp"):
+            from lightning.pytorch.strategies import DDPStrategy
+
+            start: Literal["popen", "spawn"] = "spawn" if "spawn" in t.strategy else "popen"
+            return DDPStrategy(start_method=start, **t.strategy_options)
+        return t.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    blocks = _block_classes(getattr(backbone, "model", backbone))
+    opts: dict[str, Any] = {"use_orig_params": True, **t.strategy_options}
+    if blocks:
+        opts.setdefault("auto_wrap_policy", blocks)
+        if config.model.activation_checkpointing:
+            opts.setdefault("activation_checkpointing_policy", blocks)
+    return FSDPStrategy(**opts)
+
+
+def _loggers(config: PretrainConfig, run_dir: Path) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = []
+    if config.output.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            try:
+                import tensorboardX  # noqa: F401
+            except ImportError:
+                warnings.warn(
+                    "tensorboard is not installed: logging to CSV only (pip install tensorboard)",
+                    stacklevel=3,
+                )
+            else:
+                loggers.append(_tensorboard(run_dir))
+        else:
+            loggers.append(_tensorboard(run_dir))
+    if config.output.csv or not loggers:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs"))
+    return loggers
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(run_dir), name="logs", default_hp_metric=False)
+
+
+def _prepare_run_dir(run_dir: Path, config: PretrainConfig, resuming: bool) -> None:
+    ckpt_dir = run_dir / "checkpoints"
+    old = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if old and not resuming:
+        if not config.output.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints of a run; continue it with --resume last, "
+                "or choose another folder (--out / output.name), or set output.overwrite=true"
+            )
+        shutil.rmtree(ckpt_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _export(
+    config: PretrainConfig,
+    module: PretrainModule,
+    export_prefix: str,
+    checkpoint: Path,
+    run_dir: Path,
+    info: DatasetInfo,
+    card_norm: dict[str, Any] | None,
+    steps: int,
+) -> Path:
+    """Export the encoder from the saved (full) checkpoint: works for every strategy."""
+    import copy
+
+    from eofm.models import Backbone, export_model
+
+    exported = getattr(module.method, "export_backbone", None)
+    source = exported() if callable(exported) else module.method.backbone
+    if not isinstance(source, Backbone):
+        raise ConfigError(f"the {config.method.name} encoder is not an eofm Backbone")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    sub = {k[len(export_prefix) :]: v for k, v in state.items() if k.startswith(export_prefix)}
+    backbone = copy.deepcopy(source).cpu().float()
+    backbone.load_state_dict(sub, strict=True)
+    return export_model(
+        backbone,
+        run_dir / "model.safetensors",
+        normalization=card_norm,
+        method=config.method.name,
+        data=info.spec,
+        extra={
+            "steps": steps,
+            "recipe": config.output.name,
+            "backbone": config.model.backbone,
+            "config": config_to_dict(config),
+        },
+    )
+
+
+def run_pretraining(
+    config: PretrainConfig,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    callbacks: list[Any] | None = None,
+) -> RunResult:
+    """Pretrain ``config.model.backbone`` with ``config.method`` on ``config.data``.
+
+    ``resume``: ``"last"`` or a checkpoint path; the run continues from its step with its
+    optimiser, scheduler and teacher state. ``callbacks``: extra Lightning callbacks.
+    Raises :class:`TrainingInterrupted` after saving ``interrupted.ckpt`` on SIGINT/SIGTERM.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from eofm.models import create_backbone
+
+    validate_config(config)
+    t = config.trainer
+    run_dir = run_dir_of(config)
+    ckpt_path = resolve_resume(resume, run_dir)
+    _prepare_run_dir(run_dir, config, ckpt_path is not None)
+    started = datetime.datetime.now()
+    if t.num_threads is not None:
+        torch.set_num_threads(max(1, t.num_threads))
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+
+    # data
+    info = build_dataset(config.data, run_dir, seed=t.seed)
+    normalizer, card = build_normalizer(config.data, info, run_dir)
+    if config.curation.get("dynamic_pruning", {}).get("enabled", False):
+        warnings.warn(
+            "curation.dynamic_pruning is not implemented yet (curation issue): training on the "
+            "whole dataset",
+            stacklevel=2,
+        )
+
+    # model and method
+    opts = dict(config.model.options)
+    if config.model.drop_path_rate is not None:
+        opts["drop_path_rate"] = config.model.drop_path_rate
+    from eofm.methods.registry import import_all
+
+    import_all()
+    img_size = config.model.img_size
+    if img_size is None:
+        gsize = config.method.views.get("global_size")
+        img_size = int(gsize) if gsize else info.image_size[0]
+    backbone = create_backbone(
+        config.model.backbone,
+        bands=list(info.bands),
+        img_size=img_size,
+        pretrained=config.model.pretrained,
+        **opts,
+    )
+    if config.model.activation_checkpointing and t.strategy != "fsdp":
+        setter = getattr(backbone.model, "set_grad_checkpointing", None)
+        if callable(setter):
+            setter(True)
+    method = build_method(config, backbone)
+    spec = method.view_spec
+    if spec.global_size is None and info.image_size[0] != info.image_size[1]:
+        method.view_spec = dataclasses.replace(spec, global_size=min(info.image_size))
+
+    mean = std = None
+    card_norm: dict[str, Any] | None = None
+    if normalizer is not None and card is not None:
+        m, s = card.mean_std(list(info.bands))
+        mean, std = m.tolist(), s.tolist()
+        card_norm = {"mean": mean, "std": std, "method": config.data.normalize}
+    augment = MultiViewAugment(info.bands, config.augment, sensor=info.sensor, mean=mean, std=std)
+    cfg_dict = config_to_dict(config)
+    module = PretrainModule(
+        method, augment, config.optim, normalizer=normalizer, seed=t.seed, config=cfg_dict
+    )
+    exported = getattr(method, "export_backbone", None)
+    export_module = exported() if callable(exported) else method.backbone
+    prefix = next(
+        (f"{name}." for name, mod in module.named_modules() if mod is export_module and name),
+        "method.backbone.",
+    )
+    datamodule = PretrainDataModule(info.dataset, config.data, seed=t.seed)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    # trainer
+    ckpt_dir = run_dir / "checkpoints"
+    periodic = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="step={step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=-1 if t.keep_all_checkpoints else 1,
+        save_last=True,
+        save_on_train_epoch_end=False,
+    )
+    throughput = ThroughputMonitor()
+    interrupt = InterruptCheckpoint(ckpt_dir)
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=_strategy(config, backbone),
+        precision=t.precision,  # type: ignore[arg-type]
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
+        max_time=datetime.timedelta(seconds=t.max_time_s) if t.max_time_s else None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=config.optim.grad_clip,
+        log_every_n_steps=t.log_every_n_steps,
+        sync_batchnorm=t.sync_batchnorm,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=t.progress_bar,
+        logger=_loggers(config, run_dir),
+        callbacks=[
+            periodic,
+            throughput,
+            interrupt,
+            FinalCheckpoint(ckpt_dir / "last.ckpt"),
+            *(callbacks or []),
+        ],
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1 if config.data.iterable else 0,
+        use_distributed_sampler=False,  # EpochShuffleSampler splits by rank
+    )
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings():
+            for message in _QUIET:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(ckpt_path) if ckpt_path else None,
+                weights_only=True if ckpt_path else None,
+            )
+    except SystemExit:  # Lightning exits after Ctrl-C; SIGTERM raises SIGTERMException
+        raise TrainingInterrupted(interrupt.saved, trainer.global_step) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT after a Ctrl-C
+    if trainer.interrupted:
+        raise TrainingInterrupted(interrupt.saved, trainer.global_step)
+
+    last = ckpt_dir / "last.ckpt"
+    (ckpt_dir / "interrupted.ckpt").unlink(missing_ok=True)
+    model_path: Path | None = None
+    if config.output.export and trainer.is_global_zero:
+        model_path = _export(
+            config, module, prefix, last, run_dir, info, card_norm, trainer.global_step
+        )
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)
+    }
+    return RunResult(
+        run_dir=run_dir,
+        model_path=model_path,
+        last_checkpoint=last,
+        checkpoints=sorted(ckpt_dir.glob("*.ckpt")),
+        global_step=int(trainer.global_step),
+        final_loss=metrics.get("train/loss"),
+        images_per_s=throughput.mean_rate,
+        wall_time_s=(datetime.datetime.now() - started).total_seconds(),
+        metrics=metrics,
+    )

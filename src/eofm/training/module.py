@@ -1,0 +1,305 @@
+"""The LightningModule that trains any :class:`~eofm.methods.base.SSLMethod`, and callbacks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from eofm.augment.multiview import MultiViewAugment
+from eofm.data.stats import Normalizer
+from eofm.errors import ConfigError
+from eofm.methods.base import SSLMethod
+from eofm.methods.heads import cosine_schedule
+from eofm.training.config import OptimConfig
+
+__all__ = [
+    "FinalCheckpoint",
+    "InterruptCheckpoint",
+    "PretrainModule",
+    "ThroughputMonitor",
+    "build_optimizer",
+    "lr_lambda",
+    "param_groups",
+    "step_seed",
+]
+
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "dist_token")
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for (run seed, optimiser step, rank): a resumed run draws the same views."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) & (
+        (1 << 64) - 1
+    )
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
+    x ^= x >> 32
+    return x & ((1 << 63) - 1)
+
+
+def param_groups(
+    module: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True
+) -> list[dict[str, Any]]:
+    """Two groups of trainable parameters: with weight decay, and without (biases, norms,
+    position embeddings, tokens: every parameter with fewer than 2 dimensions)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if no_decay_norm_bias and (p.ndim <= 1 or leaf in _NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups: list[dict[str, Any]] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "apply_wd": True})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "apply_wd": False})
+    if not groups:
+        raise ConfigError("the method has no trainable parameters")
+    return groups
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> Any:
+    """AdamW, SGD or LARS (lightly's) over ``groups``."""
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]))
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        from lightly.utils.lars import LARS
+
+        return LARS(groups, lr=lr, momentum=cfg.momentum)
+    raise ConfigError(f"optim.name={cfg.name!r}: use adamw, sgd or lars")  # pragma: no cover
+
+
+def lr_lambda(
+    total_steps: int, warmup_steps: int, min_ratio: float, schedule: str
+) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at each step: linear warm-up, then cosine decay
+    to ``min_ratio`` at ``total_steps`` (or constant)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class PretrainModule(pl.LightningModule):
+    """Trains ``method``: normalise on the device, make views, ``forward_loss``, step.
+
+    ``method`` owns the backbone and its heads/teachers; ``augment`` makes the views the
+    method's ``view_spec`` asks for; ``normalizer`` z-scores batches after they reach the
+    device. Each step reseeds torch's global generator and the augmentation generator from
+    ``(seed, step, rank)``, so a resumed run continues exactly as an uninterrupted one.
+    Optional method hooks used when present: ``on_before_optimizer_step(step, max_steps)``
+    and ``export_backbone()``.
+    """
+
+    def __init__(
+        self,
+        method: SSLMethod,
+        augment: MultiViewAugment,
+        optim: OptimConfig,
+        *,
+        normalizer: Normalizer | None = None,
+        seed: int = 0,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.augment = augment
+        self.normalizer = normalizer
+        self.optim_cfg = optim
+        self.seed = int(seed)
+        self.total_steps = 0
+        self._generator: torch.Generator | None = None
+        if config is not None:
+            self.save_hyperparameters(config)
+
+    # -- data on the device ------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        image = batch["image"]
+        if self.normalizer is not None:
+            image = self.normalizer(image)
+        else:
+            image = torch.nan_to_num(image.float(), nan=0.0)
+        batch["image"] = image
+        return batch
+
+    def _views_generator(self, device: torch.device, seed: int) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(seed)
+        return self._generator
+
+    # -- training ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.optim_cfg
+        if cfg.weight_decay_end is None:
+            return
+        wd = cosine_schedule(
+            self.global_step, self.total_steps, cfg.weight_decay, cfg.weight_decay_end
+        )
+        for opt in self._optimizers():
+            for group in opt.param_groups:
+                if group.get("apply_wd", True):
+                    group["weight_decay"] = wd
+
+    def _optimizers(self) -> list[Any]:
+        opts = self.optimizers(use_pl_optimizer=False)
+        return list(opts) if isinstance(opts, list) else [opts]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images: Tensor = batch["image"]
+        seed = step_seed(self.seed, self.global_step, self.global_rank)
+        torch.manual_seed(seed)
+        gen = self._views_generator(images.device, seed ^ 0x5DEECE66D)
+        with torch.autocast(images.device.type, enabled=False):  # views in float32
+            views = self.augment(images.float(), self.method.view_spec, generator=gen)
+        out = self.method.forward_loss(views, batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"the {self.method.name} loss is {loss.item()} at step {self.global_step}; "
+                "lower optim.lr, set optim.grad_clip, or check the data normalisation"
+            )
+        bs = images.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for key, value in out.items():
+            if key == "loss" or not isinstance(value, Tensor) or value.numel() != 1:
+                continue
+            self.log(f"train/{key}", value.detach().float(), batch_size=bs)
+        opt = self._optimizers()[0]
+        self.log("train/lr", float(opt.param_groups[0]["lr"]), batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        hook = getattr(self.method, "on_before_optimizer_step", None)
+        if callable(hook):
+            hook(self.global_step, self.total_steps)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # global_step counts completed steps and is incremented after this hook returns
+        self.method.on_step_end(self.global_step + 1, self.total_steps)
+
+    # -- optimiser ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim_cfg
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError(
+                "the run length is unknown (streamed data without trainer.max_steps); "
+                "set trainer.max_steps"
+            )
+        self.total_steps = int(total)
+        world = self.trainer.world_size
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch = int(datamodule.cfg.batch_size) if datamodule is not None else 0
+        global_batch = batch * world * self.trainer.accumulate_grad_batches
+        lr = cfg.lr
+        if cfg.base_batch_size:
+            lr = cfg.lr * global_batch / cfg.base_batch_size
+        groups = param_groups(self.method, cfg.weight_decay, cfg.no_decay_norm_bias)
+        optimizer = build_optimizer(groups, cfg, lr)
+        warmup = max(int(cfg.warmup_steps), int(cfg.warmup_fraction * self.total_steps))
+        min_ratio = cfg.min_lr / lr if lr > 0 else 0.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.total_steps, warmup, min_ratio, cfg.schedule)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+class ThroughputMonitor(Callback):
+    """Images per second over all devices, in the progress bar and the logs."""
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing = smoothing
+        self._last: float | None = None
+        self.rate: float | None = None
+        self.images = 0
+        self.seconds = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        now = time.perf_counter()
+        if self._last is None:
+            self._last = now
+            return
+        dt = now - self._last
+        self._last = now
+        n = int(batch["image"].shape[0]) * trainer.world_size
+        if dt <= 0:
+            return
+        self.images += n
+        self.seconds += dt
+        rate = n / dt
+        self.rate = (
+            rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
+        )
+        pl_module.log("img_s", self.rate, prog_bar=True, on_step=True, on_epoch=False)
+
+    @property
+    def mean_rate(self) -> float | None:
+        """Images per second over the whole run (data loading included)."""
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+class FinalCheckpoint(Callback):
+    """Save ``last.ckpt`` when training ends, whatever the checkpoint period (every rank
+    takes part, as saving is collective under DDP/FSDP)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, save ``interrupted.ckpt`` to resume from."""
+
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+        self.saved: Path | None = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SystemExit)):
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved = self.path
+        rank_zero_info(
+            f"interrupted at step {trainer.global_step}; checkpoint saved to {self.path} "
+            "(continue with --resume last)"
+        )
