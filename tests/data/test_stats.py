@@ -290,3 +290,18 @@ def test_eurosat_rgb_stats_match_numpy(shared_data: Path) -> None:
         width = card.extra["bin_width"][name]
         for q in QS:
             assert abs(s.percentile(q) - np.percentile(flat[i], q)) <= width * 1.0001
+
+
+def test_requesting_the_datasets_own_bands_in_order() -> None:
+    """Regression: asking for exactly the items' bands, in their order, used to fail."""
+    import torch
+
+    from eofm.data.stats import compute_stats
+
+    items = [
+        {"image": torch.full((2, 4, 4), float(i)), "bands": ("VV", "VH"), "path": f"{i}"}
+        for i in range(3)
+    ]
+    card = compute_stats(items, bands=["VV", "VH"], progress=False)
+    assert card.bands == ("VV", "VH")
+    assert abs(card.stats["VH"].mean - 1.0) < 1e-9

@@ -534,8 +534,8 @@ def compute_stats(
             sel = index_cache[item_bands]
             if names is None:
                 if bands is not None and item_bands is not None:
-                    assert sel is not None
-                    names = tuple(item_bands[i] for i in sel)
+                    # sel is None when the requested bands are the item's, in its order
+                    names = item_bands if sel is None else tuple(item_bands[i] for i in sel)
                 elif bands is not None:
                     names = tuple(bands)
                 else:

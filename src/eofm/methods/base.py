@@ -7,7 +7,8 @@ encoder exported at the end) plus its own heads, teachers and losses. The engine
 2. asks :attr:`SSLMethod.view_spec` how many views of which size to make, and builds them with
    ``eofm.augment`` on the device, as a :class:`Views`;
 3. calls :meth:`SSLMethod.forward_loss` and back-propagates ``out["loss"]``, logging the rest;
-4. after each optimiser step calls :meth:`SSLMethod.on_step_end` (EMA teachers, schedules).
+4. after each optimiser step calls :meth:`SSLMethod.on_step_end` (EMA teachers, schedules);
+5. at the end exports :meth:`SSLMethod.export_backbone` as the model file.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class SSLMethod(nn.Module):
 
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called after every optimiser step (EMA updates, momentum and temperature schedules)."""
+
+    def on_before_optimizer_step(self, step: int, max_steps: int) -> None:
+        """Called after backward, before the optimiser step (e.g. freezing a head's last layer)."""
+
+    def export_backbone(self) -> nn.Module:
+        """The encoder written to the model file at the end (DINO exports its teacher)."""
+        return self.backbone
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
