@@ -93,8 +93,20 @@ def linear_probe(
     return float((clf.predict(scaler.transform(test_x)) == test_y).mean())
 
 
+def backbone_specific(method: str, args: argparse.Namespace) -> list[str]:
+    """Reset recipe options tied to the tiny recipe's own backbone (GFM taps Swin stages)."""
+    if method == "gfm":
+        return [
+            "method.options.teacher_arch=null",
+            "method.options.student_level=null",
+            "method.options.teacher_level=null",
+            f"method.options.teacher_img_size={args.size}",
+        ]
+    return []
+
+
 def base_overrides(args: argparse.Namespace, method: str, shards: Path) -> list[str]:
-    return [
+    return backbone_specific(method, args) + [
         f"data.path={shards}",
         "data.bands=null",
         f"data.batch_size={args.batch_size}",
