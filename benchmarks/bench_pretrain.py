@@ -106,7 +106,8 @@ def backbone_specific(method: str, args: argparse.Namespace) -> list[str]:
 
 
 def base_overrides(args: argparse.Namespace, method: str, shards: Path) -> list[str]:
-    return backbone_specific(method, args) + [
+    return [
+        *backbone_specific(method, args),
         f"data.path={shards}",
         "data.bands=null",
         f"data.batch_size={args.batch_size}",

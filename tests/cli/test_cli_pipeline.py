@@ -20,8 +20,18 @@ def test_synth_inspect_stats_pack(tmp_path: Path, capsys: pytest.CaptureFixture[
     capsys.readouterr()
 
     preview = tmp_path / "prev.png"
-    code = main(["data", "inspect", str(scenes), "--task", "segmentation", "--preview",
-                 str(preview), "--quiet"])
+    code = main(
+        [
+            "data",
+            "inspect",
+            str(scenes),
+            "--task",
+            "segmentation",
+            "--preview",
+            str(preview),
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "samples:   40" in out and "B8A" in out and "(pixels)" in out
@@ -46,8 +56,23 @@ def test_synth_wavemode_and_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "wv"
-    assert main(["data", "synth", str(out), "--kind", "wavemode", "--n", "20", "--size", "64",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--kind",
+                "wavemode",
+                "--n",
+                "20",
+                "--size",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ds = open_dataset(out)
     assert len(ds) == 20 and ds[0]["bands"] == ("VV",)
     capsys.readouterr()
