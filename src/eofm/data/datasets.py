@@ -110,17 +110,21 @@ class EODataset(Dataset[Sample]):
         self.skipped: dict[str, str] = {}
         self.class_names: tuple[str, ...] | None = None
 
-    # -- subclasses implement these -------------------------------------------------------
-    def __len__(self) -> int:
-        raise NotImplementedError
+    #: One record per sample: a path, or a tuple whose first item is the main path.
+    records: Sequence[Any]
 
+    # -- subclasses implement ``load`` and fill ``records`` ------------------------------
     def load(self, index: int) -> Sample:
         """Read sample ``index`` (no transform, no error policy)."""
         raise NotImplementedError
 
+    def __len__(self) -> int:
+        return len(self.records)
+
     def sample_path(self, index: int) -> str:
         """The main file of sample ``index``, for messages."""
-        raise NotImplementedError
+        record = self.records[index]
+        return str(record[0] if isinstance(record, tuple) else record)
 
     # -- shared --------------------------------------------------------------------------
     def __getitem__(self, index: int) -> Sample:
@@ -236,12 +240,6 @@ class ClassificationFolder(EODataset):
                 self.root, f"no image files ({', '.join(extensions)}) in class sub-folders"
             )
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def sample_path(self, index: int) -> str:
-        return str(self.records[index][0])
-
     def load(self, index: int) -> Sample:
         path, label = self.records[index]
         image, bands, valid = self.read_image(path)
@@ -311,8 +309,6 @@ class ClassificationCSV(EODataset):
             raise DataError(self.csv_path, f"labels {unknown} are not among classes")
         self.records = [(self.root / r[path_column], lookup[r[label_column]]) for r in rows]
 
-    __len__ = ClassificationFolder.__len__
-    sample_path = ClassificationFolder.sample_path
     load = ClassificationFolder.load
 
 
@@ -320,12 +316,6 @@ class _MultiLabelBase(EODataset):
     """Records of (path, multi-hot vector) over :attr:`class_names`."""
 
     records: list[tuple[Path, np.ndarray]]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def sample_path(self, index: int) -> str:
-        return str(self.records[index][0])
 
     def load(self, index: int) -> Sample:
         path, target = self.records[index]
@@ -591,12 +581,6 @@ class SegmentationDataset(EODataset):
         kwargs.setdefault("mask_strip", ".*")
         return cls(images, masks, **kwargs)
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def sample_path(self, index: int) -> str:
-        return str(self.records[index][0])
-
     def read_mask(self, path: Path) -> np.ndarray:
         raster = read_raster(path)
         data = raster.data
@@ -683,12 +667,6 @@ class ChangeDetectionDataset(EODataset):
         self.binary = binary
         self.class_names = ("no_change", "change") if binary else None
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def sample_path(self, index: int) -> str:
-        return str(self.records[index][0])
-
     def load(self, index: int) -> Sample:
         a, b, m = self.records[index]
         image, bands, valid = self.read_image(a)
@@ -734,12 +712,6 @@ class UnlabelledPool(EODataset):
         if not files:
             raise EmptyDatasetError(str(pattern), "matched no image files")
         self.records: list[Path] = files
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def sample_path(self, index: int) -> str:
-        return str(self.records[index])
 
     def load(self, index: int) -> Sample:
         path = self.records[index]
