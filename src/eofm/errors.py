@@ -45,6 +45,7 @@ class BandMismatchError(DataError):
         self.expected = tuple(expected)
         self.found = tuple(found)
         text = problem or "bands do not match"
+        self.reason = text  # the problem without the expected/found lists
         super().__init__(
             path,
             f"{text}: expected {list(self.expected)}, found {list(self.found)}",

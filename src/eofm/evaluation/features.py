@@ -103,7 +103,7 @@ def make_preprocess(
                 data.spec,
                 bands,
                 data.bands,
-                f"the model {model.name} takes bands the data does not have ({err.problem})",
+                f"the model needs bands the data does not have ({err.reason})",
             ) from None
     norm = model.normalization
     desc: str
