@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from results_file import write_section
 from torch.utils.data import DataLoader, Dataset
 
 from eofm.data.sample import collate_samples
@@ -280,22 +281,6 @@ def run(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def write_section(lines: list[str]) -> None:
-    """Replace this script's section of results.md (or append it), leaving others alone."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    body = "\n".join(lines).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, RESULTS)
-    print(f"wrote section {SECTION!r} of {RESULTS}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="use N random files")
@@ -306,7 +291,7 @@ def main() -> None:
     lines = run(args)
     print("\n".join(lines))
     if not args.no_write:
-        write_section(lines)
+        write_section(SECTION, lines)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_file
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,13 +287,8 @@ def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s:
         "backward and optimiser step); all views of an image count as one image.",
         "",
     ]
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = "\n".join(lines) + "\n"
-    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
+    results_file.write_section(SECTION, lines)
     (WORK / "bench_pretrain.json").write_text(json.dumps(rows, indent=1))
-    print(f"wrote {RESULTS}")
 
 
 def main() -> int:
