@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,12 @@ class EpochShuffleSampler(Sampler[int]):
     would have seen.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.n = int(n)
+    def __init__(
+        self, n: int, seed: int = 0, shuffle: bool = True, indices: Sequence[int] | None = None
+    ) -> None:
+        #: Dataset indices to draw from (a training subset); ``None``: ``range(n)``.
+        self.indices = None if indices is None else [int(i) for i in indices]
+        self.n = len(self.indices) if self.indices is not None else int(n)
         self.seed = int(seed)
         self.shuffle = shuffle
         self.epoch = 0
@@ -256,6 +260,8 @@ class EpochShuffleSampler(Sampler[int]):
             total = math.ceil(self.n / world) * world
             order = (order * math.ceil(total / max(1, len(order))))[:total][rank::world]
         skip = self._resume_skip if self.epoch == self._resume_epoch else 0
+        if self.indices is not None:
+            return iter([self.indices[i] for i in order[skip:]])
         return iter(order[skip:])
 
 
@@ -274,6 +280,14 @@ class PretrainDataModule(pl.LightningDataModule):
         self.cfg = cfg
         self.seed = seed
         self._resume: dict[str, int] | None = None
+        #: Training subset (dataset indices) set by curation callbacks; ``None``: everything.
+        self.subset: list[int] | None = None
+
+    def set_subset(self, indices: Sequence[int] | None) -> None:
+        """Train on these dataset indices from the next train dataloader on (``None``: all)."""
+        if indices is not None and isinstance(self.dataset, IterableDataset):
+            raise ConfigError("a training subset needs map-style data (data.iterable=false)")
+        self.subset = None if indices is None else [int(i) for i in indices]
 
     def state_dict(self) -> dict[str, Any]:
         """Where the current epoch stands: batches this rank has trained on (saved with
@@ -313,13 +327,14 @@ class PretrainDataModule(pl.LightningDataModule):
             if callable(set_epoch):
                 set_epoch(epoch)
             return DataLoader(self.dataset, **common)
-        n = len(self.dataset)  # type: ignore[arg-type]
+        n = len(self.dataset) if self.subset is None else len(self.subset)  # type: ignore[arg-type]
         if n < cfg.batch_size and cfg.drop_last:
+            what = "dataset" if self.subset is None else "training subset"
             raise ConfigError(
-                f"the dataset has {n} samples, fewer than data.batch_size={cfg.batch_size} "
+                f"the {what} has {n} samples, fewer than data.batch_size={cfg.batch_size} "
                 "(with data.drop_last=true no batch would be made)"
             )
-        sampler = EpochShuffleSampler(n, seed=self.seed, shuffle=cfg.shuffle)
+        sampler = EpochShuffleSampler(n, seed=self.seed, shuffle=cfg.shuffle, indices=self.subset)
         if self._resume is not None:
             sampler.resume_from(self._resume["epoch"], self._resume["samples"])
         return DataLoader(self.dataset, sampler=sampler, **common)

@@ -209,10 +209,12 @@ def _check_method(config: PretrainConfig) -> None:
 def validate_config(config: PretrainConfig, *, check_devices: bool = True) -> None:
     """Check names and values that the dataclasses cannot: method and its options, backbone,
     views, trainer settings (and, with ``check_devices``, that a requested GPU exists)."""
+    from eofm.curation.dynamic import parse_pruning_config
     from eofm.models import list_backbones
 
     _check_trainer(config, check_devices=check_devices)
     _check_method(config)
+    parse_pruning_config(config.curation)  # misspelt or out-of-range curation settings
     backbones = list_backbones()
     if config.model.backbone not in backbones:
         raise ConfigError(
@@ -378,12 +380,11 @@ def run_pretraining(
     # data
     info = build_dataset(config.data, run_dir, seed=t.seed)
     normalizer, card = build_normalizer(config.data, info, run_dir)
-    if config.curation.get("dynamic_pruning", {}).get("enabled", False):
-        warnings.warn(
-            "curation.dynamic_pruning is not implemented yet (curation issue): training on the "
-            "whole dataset",
-            stacklevel=2,
-        )
+    from eofm.curation.dynamic import pruning_from_config
+
+    pruning = pruning_from_config(config.curation, seed=t.seed, work_dir=run_dir / "curation")
+    if pruning is not None and config.data.iterable:
+        raise ConfigError("curation: dynamic pruning needs map-style data; set data.iterable=false")
 
     # model and method
     opts = dict(config.model.options)
@@ -467,11 +468,13 @@ def run_pretraining(
             throughput,
             interrupt,
             FinalCheckpoint(ckpt_dir / "last.ckpt"),
+            *([pruning] if pruning is not None else []),
             *(callbacks or []),
         ],
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1 if config.data.iterable else 0,
+        # streamed shards reseed each epoch; dynamic pruning swaps the training subset
+        reload_dataloaders_every_n_epochs=1 if config.data.iterable or pruning is not None else 0,
         use_distributed_sampler=False,  # EpochShuffleSampler splits by rank
     )
     sigint = signal.getsignal(signal.SIGINT)
