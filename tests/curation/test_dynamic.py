@@ -82,6 +82,7 @@ def test_subset_swapped_at_the_scheduled_epochs(tmp_path: Path) -> None:
     assert sizes == [64.0, 64.0, 64.0, 64.0]
     entropies = [r["curation/cluster_entropy"] for r in rows if r.get("curation/cluster_entropy")]
     assert len(entropies) == 3 and all(float(e) > 0 for e in entropies)
+    assert len([r for r in rows if r.get("curation/top_cluster_entropy")]) == 3
     ckpt = torch.load(result.last_checkpoint, weights_only=True)  # plain types only
     state = ckpt["callbacks"]["DynamicPruning"]
     assert state["refreshes"] == 3 and state["last_refresh_epoch"] == 2

@@ -14,7 +14,8 @@ indices are broadcast; every rank then trains on its part of the same subset. Th
 epoch of the last refresh and the refresh count are saved in checkpoints (``state_dict``), so
 a resumed run trains on the same subset. Logged per epoch: ``curation/subset_size`` (size of
 the training set of the next epoch), and at each refresh ``curation/cluster_entropy`` (nats,
-kept points over level-1 clusters), ``curation/pool_cluster_entropy`` and
+kept points over level-1 clusters), ``curation/pool_cluster_entropy`` (the pool's),
+``curation/top_cluster_entropy`` (kept points over the top-level clusters) and
 ``curation/refresh_s``.
 
 Settings come from the ``curation`` section of a recipe (:func:`pruning_from_config`).
@@ -360,10 +361,13 @@ class DynamicPruning(Callback):
             result = curate_embeddings(x, ccfg)
             del x
             level1 = result.stats["level1"]
+            top = result.stats[f"level{result.clusters.levels}"]
             payload = {
                 "indices": result.indices.tolist(),
                 "entropy": float(level1["entropy_after"]),
                 "pool_entropy": float(level1["entropy_before"]),
+                "top_entropy": float(top["entropy_after"]),
+                "top_pool_entropy": float(top["entropy_before"]),
                 "clusters": result.clusters.clusters,
             }
             if not cfg.keep_embeddings:
@@ -380,17 +384,22 @@ class DynamicPruning(Callback):
             "subset_size": len(self.subset),
             "cluster_entropy": payload["entropy"],
             "pool_cluster_entropy": payload["pool_entropy"],
+            "top_cluster_entropy": payload["top_entropy"],
+            "pool_top_cluster_entropy": payload["top_pool_entropy"],
             "clusters": list(payload["clusters"]),
             "seconds": seconds,
         }
         self.history.append(entry)
         _log(pl_module, "curation/cluster_entropy", entry["cluster_entropy"])
         _log(pl_module, "curation/pool_cluster_entropy", entry["pool_cluster_entropy"])
+        _log(pl_module, "curation/top_cluster_entropy", entry["top_cluster_entropy"])
         _log(pl_module, "curation/refresh_s", seconds)
         rank_zero_info(
             f"dynamic pruning at epoch {epoch}: {len(self.subset)} of {n} samples kept "
-            f"({payload['clusters']} clusters, entropy {entry['pool_cluster_entropy']:.3f} -> "
-            f"{entry['cluster_entropy']:.3f} nats, {seconds:.1f} s)"
+            f"({payload['clusters']} clusters; entropy, level 1: "
+            f"{entry['pool_cluster_entropy']:.3f} -> {entry['cluster_entropy']:.3f} nats, top "
+            f"level: {entry['pool_top_cluster_entropy']:.3f} -> "
+            f"{entry['top_cluster_entropy']:.3f}; {seconds:.1f} s)"
         )
 
 
