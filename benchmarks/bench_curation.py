@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from eurosat import pack_split
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
@@ -124,27 +125,6 @@ def save_part(name: str, data: dict[str, Any]) -> None:
 def load_part(name: str) -> dict[str, Any] | None:
     path = CWORK / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def eurosat_root() -> Path:
-    shared = Path(os.environ.get("EOFM_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return shared / "eurosat_rgb"
-
-
-def pack_split(split: str) -> Path:
-    """Shards of one split of EuroSAT RGB (packed once; the same folders as bench_pretrain)."""
-    from eofm.data.catalog import open_dataset
-    from eofm.data.shards import pack_dataset
-
-    out = WORK / f"eurosat_rgb_{split}"
-    if (out / "index.json").is_file():
-        return out
-    csv_path = eurosat_root() / "splits_seed42.csv"
-    if not csv_path.is_file():
-        sys.exit(f"EuroSAT RGB not found at {csv_path} (set EOFM_SHARED_DATA)")
-    ds = open_dataset(csv_path, split=split)
-    pack_dataset(ds, out, shard_size=4096, num_workers=0, progress=False)
-    return out
 
 
 def heavy_eurosat_pool(ratio: int = 10, dominant: int = 0, seed: int = 0) -> Path:
