@@ -71,7 +71,11 @@ class UnknownNameError(EofmError, KeyError):
         self.kind = kind
         self.name = name
         self.known = tuple(known)
-        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(sorted(self.known))}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), [str(k) for k in self.known], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(self.known))}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
@@ -79,3 +83,18 @@ class UnknownNameError(EofmError, KeyError):
 
 class CheckpointError(EofmError, ValueError):
     """A checkpoint or model file cannot be loaded safely or does not fit the model."""
+
+
+class NonFiniteLossError(EofmError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the run stopped without saving bad weights.
+
+    ``step`` is the optimiser step, ``checkpoint`` the last good checkpoint (if any)."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | PathLike[str] | None = None):
+        self.step = int(step)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.reason = message
+        text = message
+        if self.checkpoint:
+            text += f"; the last good checkpoint is {self.checkpoint} (continue with --resume)"
+        super().__init__(text)

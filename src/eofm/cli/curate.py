@@ -76,6 +76,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from eofm.curation.pipeline import CurationConfig, curate_embeddings
     from eofm.curation.report import write_manifest, write_report
     from eofm.data.stats import Normalizer
+    from eofm.devices import resolve_device
     from eofm.evaluation.data import dataset_labels
     from eofm.evaluation.models import resolve_model
     from eofm.training.config import DataConfig
@@ -83,6 +84,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    resolve_device(args.device)  # before any work
     target = _target(args.target)
     clusters = _ints(args.k)
     if clusters is not None and args.levels is not None and len(clusters) != args.levels:
@@ -135,7 +137,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     if normalizer is None:
         normalizer, _ = build_normalizer(data_cfg, info, out)
         norm_note = "dataset card (z-score)"
-    device = torch.device(args.device) if args.device else torch.device("cpu")
+    device = resolve_device(args.device)
     encoder.to(device)
     n = int(info.num_samples)
     print(f"embedding {n:,} samples with {name} ({arch}) on {device}", flush=True)

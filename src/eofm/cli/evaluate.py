@@ -58,8 +58,10 @@ def _list(text: str | None) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from eofm.devices import resolve_device
     from eofm.evaluation.tasks import format_summary, run_evaluation
 
+    resolve_device(args.device)
     if args.threads:
         import torch
 

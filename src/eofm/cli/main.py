@@ -57,6 +57,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         heavy_tail=args.heavy_tail,
         fmt=args.format,
         progress=not args.quiet,
+        sensors=tuple(_bands(args.sensors) or ("s2", "s1")),
     )
     print(f"wrote {args.n} synthetic {args.kind} scenes to {out}")
     return 0
@@ -139,9 +140,11 @@ def cmd_sensors(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from eofm.demo import run_demo
+    from eofm.demo import run_demo, settings_from_args
 
-    run_demo(Path(args.out), n=args.n, seed=args.seed, progress=not args.quiet)
+    run_demo(
+        Path(args.out), data=args.data, settings=settings_from_args(args), progress=not args.quiet
+    )
     return 0
 
 
@@ -153,11 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eofm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run the end-to-end pipeline on embedded synthetic data")
-    demo.add_argument("--out", default="eofm-demo", help="output folder (default: eofm-demo)")
-    demo.add_argument("--n", type=int, default=2000, help="number of synthetic scenes")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo = sub.add_parser(
+        "demo",
+        help="curate, pretrain and evaluate end to end (synthetic data by default, CPU)",
+        description="The main job in about 3 minutes on 2 CPU cores: synthetic Sentinel-1 "
+        "scenes (or --data FOLDER) -> inspect -> shards -> dense contrastive pretraining with "
+        "dynamic pruning -> curation -> linear probe and segmentation against random "
+        "initialisation -> report.md/report.html.",
+    )
+    from eofm.demo import add_arguments
+
+    add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     sensors = sub.add_parser("sensors", help="list the registered sensors and their bands")
@@ -187,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="make this fraction of scenes dominated by one class (e.g. 0.8)",
     )
     synth.add_argument("--format", choices=["geotiff", "shards"], default="geotiff")
+    synth.add_argument(
+        "--sensors",
+        default="s2,s1",
+        help="landcover: which images to write, s2 (13 bands), s1 (VV, VH) or both (default s2,s1)",
+    )
     synth.add_argument("--quiet", action="store_true")
     synth.set_defaults(func=cmd_synth)
 

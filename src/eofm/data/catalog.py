@@ -56,7 +56,7 @@ def _open_synthetic(root: Path, task: Task, **kwargs: Any) -> Dataset[Sample]:
     classes = list(meta["classes"])
     csv_path = root / "labels.csv"
     cols = _csv_columns(csv_path)
-    image_col = "s2" if "s2" in cols else "image"
+    image_col = next((c for c in ("s2", "s1", "image") if c in cols), "image")
     modality = kwargs.pop("modality", None)
     if modality:
         if modality not in cols:

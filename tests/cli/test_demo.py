@@ -1,0 +1,73 @@
+"""`eofm demo`: the main job end to end (seconds-long settings), on synthetic and user data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eofm.cli.main import main
+from eofm.curation.dynamic import parse_pruning_config
+from eofm.demo import DemoSettings, demo_recipe, run_demo
+from eofm.training.config import config_from_dict
+
+
+def test_demo_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "linear probe" in printed and "segmentation" in printed and "report:" in printed
+    for name in ("report.md", "report.html", "summary.json", "preview.png", "training.png",
+                 "summary.png", "recipe.yaml", "pretrain/model.safetensors",
+                 "curated/manifest.csv", "eval-linear/report.html",
+                 "eval-segmentation/report.html"):  # fmt: skip
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    res = summary["results"]
+    for task, metric in (("linear probe", "balanced_accuracy"), ("segmentation", "miou")):
+        for role in ("pretrained", "random init"):
+            assert 0.0 <= res[task][role][metric] <= 1.0
+    assert res["curation"]["kept"] == round(0.3 * 96)
+    report = (out / "report.md").read_text()
+    assert "| linear probe | balanced accuracy |" in report and "| segmentation | miou |" in report
+    # every image the report shows exists; every step names the command it ran
+    for line in report.splitlines():
+        if line.startswith("!["):
+            assert (out / line.split("](")[1].rstrip(")")).is_file(), line
+    assert "eofm pretrain --config" in report and "eofm curate --model" in report
+    html = (out / "report.html").read_text()
+    assert "<img src='summary.png'>" in html and "<table>" in html
+    # the pretraining ran with dynamic pruning: the recipe says so and the log shows refreshes
+    logs = list((out / "pretrain").glob("logs/version_*/metrics.csv"))
+    assert logs and "curation/subset_size" in logs[0].read_text().splitlines()[0]
+
+
+def test_demo_on_a_user_folder_without_masks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine"
+    for c, cls in enumerate(("sea", "land", "cloud")):
+        (data / cls).mkdir(parents=True)
+        for i in range(16):
+            img = rng.integers(0, 60, (40, 40, 3)) + 90 * c
+            Image.fromarray(img.astype(np.uint8)).save(data / cls / f"{i}.png")
+    report = run_demo(
+        tmp_path / "out", data=data, settings=DemoSettings.quick(size=32), progress=False
+    )
+    text = report.read_text()
+    assert f"your folder `{data}`" in text
+    assert "| linear probe | balanced accuracy |" in text
+    assert "segmentation skipped" in text and "has no masks" in text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "segmentation" not in summary["results"]
+    # three easy classes by brightness: a probe on either encoder finds them
+    assert summary["results"]["linear probe"]["pretrained"]["balanced_accuracy"] > 0.6
+
+
+def test_demo_recipe_is_a_valid_pruning_recipe() -> None:
+    config = config_from_dict(demo_recipe(DemoSettings(), "shards", None))
+    assert config.method.name == "dense" and config.trainer.max_steps == 400
+    pruning = parse_pruning_config(config.curation)
+    assert pruning.enabled and pruning.fraction == 0.5 and pruning.every_epochs == 1
