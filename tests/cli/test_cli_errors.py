@@ -105,6 +105,11 @@ def test_config_field_misspelt(tmp_path: Path, capsys: pytest.CaptureFixture[str
     recipe.write_text("model:\n  backbone: vit_test\ntrainer:\n  max_step: 3\n")
     msg = error_of(capsys, "pretrain", "--config", str(recipe), "--quiet")
     assert str(recipe) in msg and "max_step" in msg and "did you mean 'max_steps'" in msg
+    msg = error_of(
+        capsys, "pretrain", "--config", str(REPO / "configs" / "simclr_tiny.yaml"),
+        "--print-config", "method.name=simclrr",
+    )  # fmt: skip
+    assert "did you mean 'simclr'" in msg  # --print-config checks names too
     msg = error_of(capsys, *pretrain(tmp_path, "model.backbone=vit_tset"))
     assert "'vit_tset' is not a registered backbone; did you mean 'vit_test'?" in msg
     msg = error_of(capsys, "evaluate", "--model", "random:vit_test", "--task", "linaer",

@@ -97,7 +97,8 @@ def test_soft_term_reduces_to_hard_and_falls_back_without_labels() -> None:
     distinct = run(m, x, torch.eye(5))
     assert distinct["loss_soft"].item() == pytest.approx(distinct["loss_hard"].item(), rel=1e-5)
     assert distinct["soft_kl"].item() == pytest.approx(distinct["loss_soft"].item(), rel=1e-5)
-    none = run(m, x, None)
+    with pytest.warns(UserWarning, match="no multi-label vectors under 'label'"):
+        none = run(m, x, None)
     assert none["loss_soft"].item() == 0.0 and none["labelled"].item() == 0.0
     assert none["loss"].item() == pytest.approx(none["loss_hard"].item())
     zeros = run(m, x, torch.zeros(5, 3))

@@ -65,6 +65,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.quiet:
         config.trainer.progress_bar = False
     if args.print_config:
+        from eofm.training.engine import validate_config
+
+        validate_config(config, check_devices=False)  # names are checked, devices are not
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -138,6 +139,7 @@ class SoftCon(SSLMethod):
         self.current_momentum = self.momentum
         self.symmetric = bool(symmetric)
         self.label_key = label_key
+        self._warned_no_labels = False
         self.label_threshold = None if label_threshold is None else float(label_threshold)
         self.family = str(getattr(backbone, "family", ""))
         dim = int(backbone.embed_dim)
@@ -205,6 +207,15 @@ class SoftCon(SSLMethod):
     def forward_loss(self, views: Views, batch: dict[str, Any]) -> dict[str, Tensor]:
         x1, x2 = views.images[0], views.images[1]
         labels = label_vectors(batch.get(self.label_key), x1.shape[0], self.label_threshold)
+        if labels is None and not self._warned_no_labels:
+            self._warned_no_labels = True
+            warnings.warn(
+                f"SoftCon: the batch has no multi-label vectors under {self.label_key!r} "
+                f"(batch keys: {sorted(batch)}); training with the hard contrastive target only. "
+                "Set method.options.label_key to the key holding the labels (synthetic "
+                "land-cover shards: 'target').",
+                stacklevel=2,
+            )
         _, labelled = soft_targets(labels, x1.shape[0])
         pairs = [(x1, x2), (x2, x1)] if self.symmetric else [(x1, x2)]
         hard = soft = entropy = x1.new_zeros(())
