@@ -156,3 +156,16 @@ def test_blur_smooths_selected_images_only() -> None:
     i = changed.index(True)
     assert out[i].std() < x[i].std() * 0.7
     assert math.isfinite(out.sum().item())
+
+
+def test_jitter_at_probability_zero_is_free_and_keeps_the_random_stream() -> None:
+    x = torch.rand(4, 5, 8, 8)
+    for fn in (
+        lambda im, p, g: ops.band_jitter(im, 0.2, 0.2, p=p, generator=g),
+        lambda im, p, g: ops.rgb_color_jitter(im, (2, 1, 0), p=p, generator=g),
+    ):
+        g0, g1 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+        assert fn(x, 0.0, g0) is x  # no work, not even a copy
+        assert not torch.equal(fn(x, 1.0, g1), x)
+        # both calls drew the same random numbers: later augmentations are unaffected by p
+        assert torch.equal(torch.rand(3, generator=g0), torch.rand(3, generator=g1))

@@ -257,6 +257,8 @@ def band_jitter(
     gain = _uniform(b * n, 1 - contrast, 1 + contrast, generator, dev).view(b, n, 1, 1)
     shift = _uniform(b * n, -brightness, brightness, generator, dev).view(b, n, 1, 1)
     apply = _bernoulli((b,), p, generator, dev).view(b, 1, 1, 1)
+    if p <= 0:  # after the draws, so the random stream is the same whatever p is
+        return images
     x = images[:, idx]
     mean = x.mean(dim=(-2, -1), keepdim=True)
     jittered = (x - mean) * gain.to(x.dtype) + mean + shift.to(x.dtype)
@@ -350,6 +352,8 @@ def rgb_color_jitter(
     con = _uniform(b, 1 - contrast, 1 + contrast, generator, dev).view(b, 1, 1, 1)
     sat = _uniform(b, 1 - saturation, 1 + saturation, generator, dev).view(b, 1, 1, 1)
     ang = _uniform(b, -hue, hue, generator, dev) * 2 * math.pi
+    if p <= 0:  # after the draws, so the random stream is the same whatever p is
+        return images
     idx = list(rgb)
     x = images[:, idx].float()
     x = x + bri
