@@ -6,9 +6,11 @@ heavy-tailed pools, and dynamic pruning vs uniform sampling during pretraining.
     python benchmarks/bench_curation.py --parts quality --pretrain-budget 120
     python benchmarks/bench_curation.py --parts pruning --steps 1500 --seeds 0,1
     python benchmarks/bench_curation.py --write-only             # re-render results.md
+    python benchmarks/bench_curation.py --parts speed --sizes 10000,30000 --tag _quick
 
-Parts (results kept in ``benchmarks/_work/curation/<part>.json``; the ``## Curation`` section of
-``benchmarks/results.md`` is rendered from every saved part, other sections are kept):
+Parts (results kept in ``benchmarks/_work/curation/<part><tag>.json``; the ``## Curation`` section
+of ``benchmarks/results.md`` is rendered from every saved part with the same ``--tag`` (default
+none), other sections are kept; their figures also go to ``benchmarks/results.json``):
 
 - **speed**: ``hierarchical_kmeans`` (k-means++ seeds, 20 Lloyd iterations, 10 resampling
   steps per level) on N x 256 float32 points (a heavy-tailed Gaussian mixture, memory-mapped
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_file
 from eurosat import pack_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +55,28 @@ WORK = REPO / "benchmarks" / "_work"
 CWORK = WORK / "curation"
 PLOT = REPO / "benchmarks" / "curation_scaling.png"
 SECTION = "## Curation"
+SCRIPT = "bench_curation.py"
+#: Suffix of the saved parts and the plot (``--tag``); the command line of this invocation.
+STATE: dict[str, Any] = {"tag": "", "argv": []}
+
+
+def plot_path() -> Path:
+    """``benchmarks/curation_scaling.png``, or ``_work/curation/curation_scaling<tag>.png``."""
+    tag = STATE["tag"]
+    return CWORK / f"curation_scaling{tag}.png" if tag else PLOT
+
+
+def part_command(part: str) -> str:
+    """The command that reruns ``part`` with this invocation's settings."""
+    argv = list(STATE["argv"])
+    for flag in ("--write-only", "--no-write"):
+        if flag in argv:
+            argv.remove(flag)
+    if "--parts" in argv:
+        argv[argv.index("--parts") + 1] = part
+    else:
+        argv = ["--parts", part, *argv]
+    return results_file.command(SCRIPT, argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +104,11 @@ def load_avg() -> str:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """Peak RSS of this process: ``VmHWM`` (its own address space since exec). ``getrusage``'s
+    ``ru_maxrss`` is only the fallback: on Linux a child started by a large parent (the runner)
+    inherits the parent's high-water mark in it."""
+    hwm = rss_status_mib("VmHWM")
+    return hwm if hwm > 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def rss_status_mib(field: str) -> float:
@@ -118,12 +147,18 @@ class AnonPeak:
 
 def save_part(name: str, data: dict[str, Any]) -> None:
     CWORK.mkdir(parents=True, exist_ok=True)
-    data = {**data, "date": date.today().isoformat(), "machine": machine(), "load": load_avg()}
-    (CWORK / f"{name}.json").write_text(json.dumps(data, indent=1))
+    data = {
+        **data,
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load": load_avg(),
+        "command": part_command(name),
+    }
+    (CWORK / f"{name}{STATE['tag']}.json").write_text(json.dumps(data, indent=1))
 
 
 def load_part(name: str) -> dict[str, Any] | None:
-    path = CWORK / f"{name}.json"
+    path = CWORK / f"{name}{STATE['tag']}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -308,7 +343,7 @@ def plot_speed(rows: list[dict[str, Any]]) -> None:
     b.legend(fontsize=7)
     fig.suptitle("eofm.curation on 2 CPU cores", fontsize=9)
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=80)
+    fig.savefig(plot_path(), dpi=80)
     plt.close(fig)
 
 
@@ -600,7 +635,7 @@ def complete_pruning_part() -> None:
                 run.update(extra)
                 changed = True
     if changed:
-        (CWORK / "pruning.json").write_text(json.dumps(part, indent=1))
+        (CWORK / f"pruning{STATE['tag']}.json").write_text(json.dumps(part, indent=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,7 +653,7 @@ def render() -> list[str]:
             for k, p in (("speed", speed), ("quality", quality), ("pruning", pruning))
             if p
         )
-        + ").",
+        + "; each part's command is in results.json).",
         "",
     ]
     if first:
@@ -644,7 +679,8 @@ def render() -> list[str]:
             "level (closest points, half the mean cluster size), every point reassigned after "
             "each; then balanced sampling of 30% (diversity 0.5) and near-duplicate removal "
             "(cosine 0.98) inside level-1 clusters. One process per N; faiss on 2 OpenMP "
-            "threads. Peak RSS (`getrusage`) includes the imports (torch, faiss: about 600 MiB) "
+            "threads. Peak RSS (`VmHWM` of that process) includes the imports (torch, faiss: about "
+            "600 MiB) "
             "and the memory-mapped points that were read; working memory is the peak of the "
             "anonymous RSS (sampled every 20 ms) minus its value before the points are opened: "
             "what the algorithm allocates (labels, distances, training subsets, chunks).",
@@ -664,9 +700,9 @@ def render() -> list[str]:
         lines += [
             "",
             f"- N = {big['n']:,}: {total / 60:.1f} min in all (target: about 10 min). "
-            f"Plot: `benchmarks/{PLOT.name}`.",
+            f"Plot: `{plot_path().relative_to(REPO)}`.",
             "",
-            f"![curation scaling]({PLOT.name})",
+            f"![curation scaling]({_relative(plot_path())})",
             "",
         ]
     if quality:
@@ -772,13 +808,57 @@ def _config_of(run: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(run.get(k) for k in CONFIG_KEYS)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the folder of the results.md being written."""
+    return os.path.relpath(path, results_file.outputs()[0].parent)
+
+
+def figures() -> list[dict[str, Any]]:
+    """The figures of every saved part (with the part's date, load and command)."""
+    out: list[dict[str, Any]] = []
+
+    def add(part: dict[str, Any], name: str, value: Any, unit: str, **notes: Any) -> None:
+        cmd = part.get("command") or results_file.command(SCRIPT, [])
+        fig = results_file.figure(SECTION, name, value, unit, cmd, **notes)
+        fig["date"] = part["date"]
+        try:
+            fig["load_avg"] = [float(v) for v in str(part.get("load")).split("/")]
+        except ValueError:
+            fig["load_avg"] = part.get("load")
+        out.append(fig)
+
+    speed, quality, pruning = load_part("speed"), load_part("quality"), load_part("pruning")
+    if speed:
+        for r in speed["rows"]:
+            notes = {k: r.get(k) for k in ("clusters", "niter", "n_resamples", "dim", "threads")}
+            key = f"curation/speed/n{r['n']}"
+            add(speed, f"{key}/kmeans_s", round(r["kmeans_s"], 3), "s", **notes)
+            add(speed, f"{key}/sampling_s", round(r["sampling_s"], 4), "s", **notes)
+            add(speed, f"{key}/near_duplicates_s", round(r["dedup_s"], 3), "s", **notes)
+            add(speed, f"{key}/peak_rss", round(r["peak_rss_mib"], 1), "MiB", **notes)
+            working = r["anon_peak_mib"] - r["anon_start_mib"]
+            add(speed, f"{key}/working_memory", round(working, 1), "MiB", **notes)
+    if quality:
+        for pool in ("synthetic", "eurosat"):
+            q = quality.get(pool)
+            for r in (q or {}).get("rows", []):
+                name = f"curation/quality/{pool}/{r['embedding']}/diversity{r['diversity']}"
+                add(quality, f"{name}/class_entropy_kept", round(r["entropy_after"], 4), "nats")
+    if pruning:
+        for r in pruning["runs"]:
+            cfg = "_".join(str(v) for v in _config_of(r)) if r["mode"] == "pruning" else ""
+            name = f"curation/pruning/{r['mode']}{'_' + cfg if cfg else ''}/seed{r['seed']}"
+            add(pruning, f"{name}/linear_probe_acc", round(r["probe_acc"], 4), "accuracy")
+    return out
+
+
 def write_section() -> None:
-    import results_file  # benchmarks/results_file.py: replaces one section of results.md
-
     results_file.write_section(SECTION, render())
+    results_file.write_figures(SECTION, figures())
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="speed,quality,pruning")
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -795,12 +875,14 @@ def main() -> int:
     parser.add_argument("--diversity", type=float, default=0.5)
     parser.add_argument("--rerun-uniform", action="store_true")
     parser.add_argument("--write-only", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    parser.add_argument("--tag", default="", help="suffix of the saved parts (e.g. _quick)")
     parser.add_argument("--speed-one", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv_list)
     if args.speed_one is not None:
         print(json.dumps(speed_one(args.speed_one, args.dim, args.niter, args.resamples)))
-        return 0
+        return []
+    STATE.update(tag=args.tag, argv=argv_list)
     import torch
 
     torch.set_num_threads(1)
@@ -812,8 +894,8 @@ def main() -> int:
     if not args.no_write:
         complete_pruning_part()
         write_section()
-    return 0
+    return figures()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

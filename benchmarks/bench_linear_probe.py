@@ -24,13 +24,14 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from results_file import write_section
+from results_file import command, figure, write_figures, write_section
 
 from eofm.data.datasets import ClassificationCSV
 from eofm.data.shards import ShardDataset, pack_dataset
@@ -43,8 +44,8 @@ from eofm.evaluation.metrics import classification_metrics
 from eofm.evaluation.models import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "## Linear probe"
+SCRIPT = "bench_linear_probe.py"
 WORK = REPO / "benchmarks" / "_work"
 
 
@@ -63,7 +64,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def run(args: argparse.Namespace) -> list[str]:
+def run(
+    args: argparse.Namespace, cmd: str = f"python benchmarks/{SCRIPT}"
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The lines of the results.md section and the figures."""
     root = data_root()
     csv_path = root / "splits_seed42.csv"
     if not csv_path.exists():
@@ -150,8 +154,7 @@ def run(args: argparse.Namespace) -> list[str]:
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/bench_linear_probe.py{'' if args.amp else ' --fp32'}` on "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
         "",
         f"- Machine: {os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
@@ -190,10 +193,36 @@ def run(args: argparse.Namespace) -> list[str]:
         f"- Feature extraction: {ips:,.0f} images/s; target 'a few minutes' end to end: "
         f"{total / 60:.1f} min.",
     ]
-    return lines
+    notes = {
+        "model": "random:vit_small_patch16",
+        "size": 64,
+        "batch": args.batch_size,
+        "amp": args.amp,
+        "threads": torch.get_num_threads(),
+        "probe_epochs": args.probe_epochs,
+    }
+    figures = [
+        figure(SECTION, "linear_probe/end_to_end_s", round(total, 2), "s", cmd, **notes),
+        figure(
+            SECTION, "linear_probe/features_images_per_s", round(ips, 1), "images/s", cmd, **notes
+        ),
+        figure(
+            SECTION, "linear_probe/test_top1", round(float(m["top1"]), 4), "accuracy", cmd, **notes
+        ),
+        figure(
+            SECTION,
+            "linear_probe/knn_test_top1",
+            round(float(knn["top1"]), 4),
+            "accuracy",
+            cmd,
+            **notes,
+        ),
+    ]
+    return lines, figures
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
@@ -202,12 +231,14 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md")
-    args = parser.parse_args()
-    lines = run(args)
+    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    args = parser.parse_args(argv_list)
+    lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))
     if not args.no_write:
         write_section(SECTION, lines)
+        write_figures(SECTION, figures)
+    return figures
 
 
 if __name__ == "__main__":

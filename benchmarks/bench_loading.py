@@ -10,7 +10,8 @@ Measures samples/s for one epoch of
 and the time to pack the folder into shards. Appends (or replaces) the section
 ``## Data loading`` of ``benchmarks/results.md``.
 
-Usage: ``python benchmarks/bench_loading.py [--limit N] [--workers 0 2] [--no-write]``.
+Usage: ``python benchmarks/bench_loading.py [--limit N] [--workers 0 2] [--repeats 3]
+[--no-torchgeo] [--no-write]``; figures also go to ``benchmarks/results.json``.
 Data: ``$EOFM_SHARED_DATA/eurosat_rgb/2750`` (default ``../shared/data``).
 """
 
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -32,16 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from results_file import write_section
+from results_file import command, figure, machine_line, write_figures, write_section
 from torch.utils.data import DataLoader, Dataset
 
 from eofm.data.sample import collate_samples
 from eofm.data.shards import ShardDataset, ShardIterableDataset, pack_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "## Data loading"
+SCRIPT = "bench_loading.py"
 BATCH = 256
+#: Short names of the readers in results.json.
+READER_KEYS = {
+    "(a) ": "folder_pil",
+    "(b) ": "shards_dataloader",
+    "(b') ": "shards_get_batch",
+    "(b'') ": "shards_iterable",
+    "(c) ": "torchgeo",
+}
 
 
 class JpegFolder(Dataset[dict[str, Any]]):
@@ -89,21 +96,6 @@ def n_images(batch: Any) -> int:
     return int(batch["image"].shape[0])
 
 
-def machine() -> str:
-    model = platform.processor() or ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        if m:
-            model = m.group(1).strip()
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} CPU cores ({model or 'unknown processor'}), {platform.system()}"
-        f" {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
 def folder_size(path: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in path.rglob(pattern))
 
@@ -145,7 +137,10 @@ def torchgeo_dataset(
     )
 
 
-def run(args: argparse.Namespace) -> list[str]:
+def run(
+    args: argparse.Namespace, cmd: str = f"python benchmarks/{SCRIPT}"
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Measure every reader; the lines of the results.md section and the figures."""
     data = Path(os.environ.get("EOFM_SHARED_DATA", REPO.parent / "shared" / "data"))
     root = data / "eurosat_rgb" / "2750"
     if not root.is_dir():
@@ -217,7 +212,10 @@ def run(args: argparse.Namespace) -> list[str]:
                 args.repeats,
             )
 
-        tg, tg_note = torchgeo_dataset(files, classes, work / "torchgeo")
+        if args.torchgeo:
+            tg, tg_note = torchgeo_dataset(files, classes, work / "torchgeo")
+        else:
+            tg, tg_note = None, "not measured (--no-torchgeo)"
         print(f"torchgeo: {tg_note}")
         if tg is not None:
             for w in args.workers:
@@ -249,9 +247,9 @@ def run(args: argparse.Namespace) -> list[str]:
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/bench_loading.py` on {time.strftime('%Y-%m-%d')}.",
+        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
         "",
-        f"- Machine: {machine()}.",
+        f"- Machine: {machine_line()}.",
         f"- Data: EuroSAT RGB, {len(files)} JPEGs of 64x64x3 ({jpeg_mb:.0f} MiB) in"
         f" {len(classes)} class folders; page cache warm for every reader.",
         f"- Packing into shards (`pack_dataset`, {max(args.workers)} workers): {pack_s:.1f} s,"
@@ -278,20 +276,57 @@ def run(args: argparse.Namespace) -> list[str]:
         " processes through shared memory, which costs more than reading it from shards.",
         "",
     ]
-    return lines
+    figures = [
+        figure(SECTION, "loading/packing_s", round(pack_s, 2), "s", cmd, images=len(files)),
+        figure(
+            SECTION,
+            "loading/shards_over_folder",
+            round(speedup, 2),
+            "ratio",
+            cmd,
+            note="best ShardDataset DataLoader vs best per-file folder DataLoader; target >= 5",
+        ),
+    ]
+    for what, w, sec, n in rows:
+        key = next(v for k, v in READER_KEYS.items() if what.startswith(k))
+        figures.append(
+            figure(
+                SECTION,
+                f"loading/{key}/workers{w}/samples_per_s",
+                round(n / sec, 1),
+                "samples/s",
+                cmd,
+                reader=what,
+                workers=w,
+                batch=BATCH,
+                images=n,
+                epoch_s=round(sec, 3),
+                repeats=1 if key == "torchgeo" else args.repeats,
+            )
+        )
+    return lines, figures
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="use N random files")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3, help="epochs per reader (best)")
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md")
-    args = parser.parse_args()
-    lines = run(args)
+    parser.add_argument(
+        "--torchgeo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torchgeo's EuroSAT (slow: one epoch per worker setting)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    args = parser.parse_args(argv_list)
+    lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))
     if not args.no_write:
         write_section(SECTION, lines)
+        write_figures(SECTION, figures)
+    return figures
 
 
 if __name__ == "__main__":

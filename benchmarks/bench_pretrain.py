@@ -35,7 +35,6 @@ from eurosat import pack_split
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
-RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "## Pretraining"
 
 
@@ -225,13 +224,43 @@ def machine() -> str:
     )
 
 
+def command_of(args: argparse.Namespace, methods: list[str]) -> str:
+    argv = list(args.argv)
+    for flag, value in (("--budget", f"{args.budget:g}"), ("--methods", ",".join(methods))):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return results_file.command("bench_pretrain.py", argv)
+
+
+def figures_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        cmd = command_of(args, [r["method"]])
+        notes = {
+            k: r.get(k)
+            for k in ("steps", "images_seen", "final_loss", "wall_s", "scheduled_steps", "recipe")
+        }
+        notes.update(backbone=args.backbone, size=args.size, batch=args.batch_size)
+        notes.update(threads=args.threads, budget_s=args.budget)
+        key = f"pretrain/{args.backbone}/{r['method']}"
+        for name, value, unit in (
+            ("images_per_s", r.get("images_per_s"), "images/s"),
+            ("linear_probe_acc", r.get("probe_acc"), "accuracy"),
+            ("random_init_acc", r.get("random_acc"), "accuracy"),
+        ):
+            value = round(value, 4) if value is not None else None
+            out.append(results_file.figure(SECTION, f"{key}/{name}", value, unit, cmd, **notes))
+    return out
+
+
 def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s: float) -> None:
     load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/bench_pretrain.py --budget {args.budget:.0f} "
-        f"--methods {','.join(r['method'] for r in rows)}` on {date.today().isoformat()}.",
+        f"`{command_of(args, [r['method'] for r in rows])}` on {date.today().isoformat()}.",
         "",
         f"- Machine: {machine()}; {args.threads} torch thread(s); load average at the end "
         f"(1/5/15 min) {load} (other jobs shared the machine).",
@@ -268,10 +297,12 @@ def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s:
         "",
     ]
     results_file.write_section(SECTION, lines)
+    results_file.write_figures(SECTION, figures_of(args, rows))
     (WORK / "bench_pretrain.json").write_text(json.dumps(rows, indent=1))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="simclr,mocov3,dino", help="comma-separated")
     parser.add_argument("--budget", type=float, default=600, help="seconds per method")
@@ -281,8 +312,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--probe-train", type=int, default=5000, help="probe training images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-write", action="store_true", help="do not update results.md")
-    args = parser.parse_args()
+    parser.add_argument("--no-write", action="store_true", help="do not update results.md/json")
+    args = parser.parse_args(argv_list)
+    args.argv = argv_list
     from eofm.methods.registry import import_all
 
     known = import_all()
@@ -298,8 +330,8 @@ def main() -> int:
     probe(args, rows)
     if not args.no_write:
         write_section(args, rows, time.perf_counter() - start)
-    return 0
+    return figures_of(args, rows)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
