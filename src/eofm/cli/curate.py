@@ -176,6 +176,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
         labels=labels,
         num_classes=len(class_names) if class_names else None,
         progress=not args.quiet,
+        cache=None if args.restart else "auto",
     )
     result.timings = {"embed_s": embed_s, **result.timings}
     result.clusters.save(out / "clusters.npz")
@@ -277,7 +278,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--stats-samples", type=int, default=2000, help="samples for the data card")
     p.add_argument("--no-l2", action="store_true", help="cluster raw (not L2-normalised) vectors")
-    p.add_argument("--restart", action="store_true", help="re-embed instead of resuming")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="recompute everything (embeddings, k-means) instead of reusing finished work",
+    )
     p.add_argument("--grid-clusters", type=int, default=8, help="clusters shown in the grid")
     p.add_argument("--grid-per-cluster", type=int, default=6, help="samples per grid row")
     p.add_argument("--seed", type=int, default=0)

@@ -16,7 +16,9 @@ examples:
 Overrides are KEY=VALUE with a dotted key into the recipe (data, model, method, augment,
 optim, trainer, output, curation); VALUE is read as YAML (3e-4, true, null, [B04,B03,B02],
 {temperature: 0.2}). Ctrl-C or SIGTERM saves checkpoints/interrupted.ckpt; --resume last
-continues from the newest checkpoint of the run folder."""
+continues from the newest checkpoint of the run folder; a run killed outright (SIGKILL, power
+loss) continues from its last periodic checkpoint. A NaN/inf loss stops the run naming the last
+good checkpoint (trainer.nonfinite_loss=skip skips such steps instead)."""
 
 
 def add_parser(subparsers: Any) -> None:

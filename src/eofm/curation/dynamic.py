@@ -217,6 +217,7 @@ class DynamicPruning(Callback):
         #: One entry per refresh: epoch, subset size, entropies, seconds.
         self.history: list[dict[str, Any]] = []
         self._datamodule: Any = None
+        self._pending_logs: list[tuple[str, float]] = []
 
     # -- schedule ---------------------------------------------------------------------------
     def due(self, epoch: int) -> bool:
@@ -274,17 +275,41 @@ class DynamicPruning(Callback):
         if self.subset is not None:
             dm.set_subset(self.subset)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = int(trainer.current_epoch)
+    def _should_refresh(self, trainer: pl.Trainer, epoch: int) -> bool:
         last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch + 1
         last_step = 0 < trainer.max_steps <= trainer.global_step
-        if (
+        return (
             self.due(epoch)
             and self.last_refresh_epoch != epoch
             and not last_epoch
             and not last_step
             and not trainer.should_stop
-        ):
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A checkpoint saved after the last batch of an epoch (a periodic one, or last.ckpt
+        # after a crash) resumes at the next epoch: Lightning does not call
+        # on_train_epoch_end for the finished epoch, so its refresh would be lost and the run
+        # would train on the wrong subset. Run it now, before the epoch's dataloader is made.
+        self._pending_logs = []
+        epoch = int(trainer.current_epoch) - 1
+        resumed = getattr(self._datamodule, "resumed_from", None)
+        if resumed is None or int(resumed["epoch"]) != epoch:
+            return  # a fresh run, or resumed in the middle of the current epoch
+        if not self._should_refresh(trainer, epoch):
+            return
+        rank_zero_info(f"dynamic pruning: running the refresh of epoch {epoch} missed on resume")
+        self.refresh(trainer, pl_module, epoch, log=False)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for name, value in self._pending_logs:
+            _log(pl_module, name, value)
+        self._pending_logs = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # pending logs (no epoch start on resume)
+        epoch = int(trainer.current_epoch)
+        if self._should_refresh(trainer, epoch):
             self.refresh(trainer, pl_module, epoch)
         dm = self._datamodule
         size = len(self.subset) if self.subset is not None else len(dm.dataset)
@@ -306,8 +331,11 @@ class DynamicPruning(Callback):
             return run
         return method.embed
 
-    def refresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        """Embed the pool, cluster, sample, and set the training subset for the next epochs."""
+    def refresh(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, log: bool = True
+    ) -> None:
+        """Embed the pool, cluster, sample, and set the training subset for the next epochs
+        (``log=False``: the metrics are logged at the next epoch start instead)."""
         t0 = time.perf_counter()
         cfg = self.cfg
         strategy = trainer.strategy
@@ -358,7 +386,7 @@ class DynamicPruning(Callback):
                 n_resamples=cfg.n_resamples,
                 seed=self.seed * 1_000_003 + epoch,
             )
-            result = curate_embeddings(x, ccfg)
+            result = curate_embeddings(x, ccfg, cache=None)  # a new model each refresh
             del x
             level1 = result.stats["level1"]
             top = result.stats[f"level{result.clusters.levels}"]
@@ -390,10 +418,17 @@ class DynamicPruning(Callback):
             "seconds": seconds,
         }
         self.history.append(entry)
-        _log(pl_module, "curation/cluster_entropy", entry["cluster_entropy"])
-        _log(pl_module, "curation/pool_cluster_entropy", entry["pool_cluster_entropy"])
-        _log(pl_module, "curation/top_cluster_entropy", entry["top_cluster_entropy"])
-        _log(pl_module, "curation/refresh_s", seconds)
+        logs = [
+            ("curation/cluster_entropy", entry["cluster_entropy"]),
+            ("curation/pool_cluster_entropy", entry["pool_cluster_entropy"]),
+            ("curation/top_cluster_entropy", entry["top_cluster_entropy"]),
+            ("curation/refresh_s", seconds),
+        ]
+        if log:
+            for name, value in logs:
+                _log(pl_module, name, value)
+        else:  # Lightning allows no logging in on_train_start
+            self._pending_logs = [*logs, ("curation/subset_size", float(len(self.subset)))]
         rank_zero_info(
             f"dynamic pruning at epoch {epoch}: {len(self.subset)} of {n} samples kept "
             f"({payload['clusters']} clusters; entropy, level 1: "

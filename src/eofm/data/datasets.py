@@ -816,7 +816,7 @@ class TorchGeoDataset(EODataset):
             self.class_names = tuple(str(c) for c in classes)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def sample_path(self, index: int) -> str:
         return f"{self.name}[{index}]"

@@ -261,23 +261,18 @@ def extract_features(
         lab_path = folder / f"{cache_key}.labels.npy"
         partial = folder / f"{cache_key}.partial.npy"
         meta_path = folder / f"{cache_key}.partial.json"
-        if final.exists():
-            feats = np.load(final)
-            labels = np.load(lab_path) if lab_path.exists() else None
-            if len(feats) == n:
-                return FeatureSet(feats, labels, True, final, time.perf_counter() - t0)
+        hit = _read_cache(final, lab_path, n)
+        if hit is not None:
+            return FeatureSet(hit[0], hit[1], True, final, time.perf_counter() - t0)
     bb = model.backbone.to(dev).eval()
     dim = int(bb.embed_dim)
     start = 0
     feats_mm: Array | None = None
     labels_list: list[Array] = []
     if partial is not None and meta_path is not None and partial.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("n") == n and meta.get("dim") == dim:
-            start = int(meta["done"])
-            feats_mm = np.load(partial, mmap_mode="r+")
-            if meta.get("has_labels"):
-                labels_list = [np.load(str(partial) + ".labels.npy")[:start]]
+        resumed = _read_progress(partial, meta_path, n, dim)
+        if resumed is not None:
+            start, feats_mm, labels_list = resumed
     if feats_mm is None:
         if partial is not None:
             feats_mm = np.lib.format.open_memmap(
@@ -316,12 +311,58 @@ def extract_features(
         feats_mm.flush()
         del feats_mm
         if labels_arr is not None:
-            np.save(lab_path, labels_arr)
-        os.replace(partial, final)
+            _save_npy(lab_path, labels_arr)
+        elif lab_path.exists():
+            lab_path.unlink()
+        os.replace(partial, final)  # the features appear last: a complete entry or none
         meta_path.unlink(missing_ok=True)
         Path(str(partial) + ".labels.npy").unlink(missing_ok=True)
         feats = np.load(final)
     return FeatureSet(feats, labels_arr, False, final, time.perf_counter() - t0)
+
+
+def _save_npy(path: Path, arr: Array) -> None:
+    """``np.save`` through a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _read_cache(final: Path, lab_path: Path, n: int) -> tuple[Array, Array | None] | None:
+    """A complete cache entry, or ``None`` (absent, unreadable or not of ``n`` rows)."""
+    if not final.exists():
+        return None
+    try:
+        feats = np.load(final, allow_pickle=False)
+        labels = np.load(lab_path, allow_pickle=False) if lab_path.exists() else None
+    except (OSError, ValueError, EOFError):
+        return None
+    if len(feats) != n or (labels is not None and len(labels) != n):
+        return None
+    return feats, labels
+
+
+def _read_progress(
+    partial: Path, meta_path: Path, n: int, dim: int
+) -> tuple[int, Array, list[Array]] | None:
+    """``(rows done, memmap, labels so far)`` of an interrupted extraction, or ``None``."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("n") != n or meta.get("dim") != dim:
+            return None
+        start = int(meta["done"])
+        feats_mm = np.load(partial, mmap_mode="r+")
+        labels: list[Array] = []
+        if meta.get("has_labels"):
+            saved = np.load(str(partial) + ".labels.npy", allow_pickle=False)
+            if len(saved) < start:
+                return None
+            labels = [saved[:start]]
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None  # unreadable progress: start over
+    if feats_mm.shape != (n, dim) or not 0 <= start <= n:
+        return None
+    return start, feats_mm, labels
 
 
 def _save_progress(
@@ -337,7 +378,7 @@ def _save_progress(
         feats.flush()
     has_labels = bool(labels)
     if has_labels:
-        np.save(str(partial) + ".labels.npy", np.concatenate(labels))
+        _save_npy(Path(str(partial) + ".labels.npy"), np.concatenate(labels))
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"n": n, "dim": dim, "done": done, "has_labels": has_labels}))
     os.replace(tmp, meta_path)

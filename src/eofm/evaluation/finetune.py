@@ -100,7 +100,7 @@ def finetune_once(
             xb = xb.flip(-2)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         opt.step()
         sched.step()
     net.eval()

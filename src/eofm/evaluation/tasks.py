@@ -97,7 +97,7 @@ def run_linear(model: ResolvedModel, data: EvalData, opts: Options) -> ProtocolO
         kw["wds"] = opts.wds
     probe = train_linear_probe(
         tr.features,
-        tr.labels,  # type: ignore[arg-type]
+        tr.labels,
         val_x=None if va is None else va.features,
         val_y=None if va is None else va.labels,
         num_classes=data.num_classes,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
@@ -81,21 +80,44 @@ def read_checkpoint(path: str | PathLike[str]) -> Any:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from exc
     if suffix in TORCH_SUFFIXES:
-        try:
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{p}: contains pickled Python objects that are not plain tensors or containers; "
-                "they were not executed (loading uses weights_only=True). Re-save the weights "
-                "as a plain state dict or as .safetensors from a trusted environment. "
-                f"Detail: {_first_line(exc)}"
-            ) from exc
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise CheckpointError(f"{p}: cannot be read as a PyTorch checkpoint ({exc})") from exc
+        return load_torch_checkpoint(p)
     raise CheckpointError(
         f"{p}: unknown checkpoint type {suffix!r}; "
         f"expected one of {[*SAFETENSORS_SUFFIXES, *TORCH_SUFFIXES]}"
     )
+
+
+def load_torch_checkpoint(path: str | PathLike[str], *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure a :class:`CheckpointError`.
+
+    A pickle that would build Python objects other than tensors and plain containers (the
+    way a malicious checkpoint runs code) is refused before anything is executed. ``mmap``:
+    map the tensors instead of reading them (cheap validation of a large checkpoint; falls
+    back to reading for the legacy, non-zip format).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file does not exist")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: checkpoint file is empty (0 bytes)")
+    try:
+        try:
+            return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not mmap or "mmap" not in str(exc):
+                raise
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p}: contains pickled Python objects that are not plain tensors or containers; "
+            "they were not executed (loading uses weights_only=True). Re-save the weights "
+            "as a plain state dict or as .safetensors from a trusted environment. "
+            f"Detail: {_first_line(exc)}"
+        ) from exc
+    except MemoryError:
+        raise CheckpointError(f"{p}: not enough memory to read the checkpoint") from None
+    except Exception as exc:  # truncated or corrupt archives raise many types
+        raise CheckpointError(f"{p}: cannot be read as a PyTorch checkpoint ({exc!r})") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -46,13 +46,19 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
+    """Write through a temporary file in the same folder, flush it to disk, then rename it
+    over ``path``: readers, and a process killed mid-write, see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        with tmp.open("rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp files are private (0600)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

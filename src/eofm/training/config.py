@@ -160,6 +160,13 @@ class TrainerConfig:
     #: CPU threads of torch (``torch.set_num_threads``); ``None`` keeps torch's default. On a
     #: busy machine with few cores, 1 is often several times faster than oversubscribing.
     num_threads: int | None = None
+    #: What a NaN or infinite loss does: ``stop`` (raise ``NonFiniteLossError`` naming the last
+    #: good checkpoint; nothing is saved from the bad step) or ``skip`` (drop that step's update:
+    #: parameters, optimiser moments and EMA teachers stay unchanged; the step still counts for
+    #: the schedules and the data). Under DDP every rank skips or stops at the same step.
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    #: With ``skip``: stop (as ``stop`` does) after this many non-finite steps in a row.
+    max_nonfinite_skips: int = 5
 
 
 @dataclass

@@ -303,6 +303,13 @@ class PretrainDataModule(pl.LightningDataModule):
             "samples": int(getattr(progress, "processed", 0)) * int(self.cfg.batch_size),
         }
 
+    @property
+    def resumed_from(self) -> dict[str, int] | None:
+        """``{"epoch", "samples"}`` of the checkpoint this run resumed from (``None``: a fresh
+        run). ``epoch`` below the trainer's current epoch means that the checkpoint was saved
+        after the last batch of that epoch."""
+        return None if self._resume is None else dict(self._resume)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "epoch" in state_dict and "samples" in state_dict:
             self._resume = {

@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from eofm.augment.multiview import MultiViewAugment
-from eofm.errors import ConfigError, EofmError
+from eofm.errors import CheckpointError, ConfigError, EofmError, NonFiniteLossError
 from eofm.methods.base import SSLMethod, ViewSpec, create_method
 from eofm.training.config import PretrainConfig, _suggest, config_to_dict
 from eofm.training.data import (
@@ -39,16 +39,19 @@ from eofm.training.data import (
     build_normalizer,
 )
 from eofm.training.module import (
+    AtomicCheckpointIO,
     FinalCheckpoint,
     InterruptCheckpoint,
     PretrainModule,
     ThroughputMonitor,
+    remove_partial_checkpoints,
 )
 
 __all__ = [
     "RunResult",
     "TrainingInterrupted",
     "build_method",
+    "check_resume_checkpoint",
     "resolve_resume",
     "run_dir_of",
     "run_pretraining",
@@ -139,6 +142,8 @@ def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> Non
         raise ConfigError("set trainer.max_steps, trainer.max_epochs or trainer.max_time_s")
     if t.checkpoint_every_n_steps < 1:
         raise ConfigError("trainer.checkpoint_every_n_steps must be at least 1")
+    if t.max_nonfinite_skips < 1:
+        raise ConfigError("trainer.max_nonfinite_skips must be at least 1")
     if config.data.batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
 
@@ -165,6 +170,46 @@ def resolve_resume(resume: str | os.PathLike[str] | None, run_dir: Path) -> Path
     if not path.is_file():
         raise ConfigError(f"--resume {resume}: checkpoint file not found")
     return path
+
+
+def check_resume_checkpoint(path: Path) -> int:
+    """Refuse a checkpoint that cannot be resumed from, before Lightning opens it: unreadable,
+    truncated, holding pickled code (never executed: read with ``weights_only=True``, tensors
+    memory-mapped) or not a training checkpoint. Returns its step."""
+    from eofm.models.checkpoints import load_torch_checkpoint
+
+    ckpt = load_torch_checkpoint(path, mmap=True)
+    if not isinstance(ckpt, dict) or not {"state_dict", "global_step", "loops"} <= set(ckpt):
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path}: not a training checkpoint of an eofm run (found {keys}); --resume takes "
+            "checkpoints/last.ckpt, interrupted.ckpt or step=*.ckpt of a run"
+        )
+    return int(ckpt["global_step"])
+
+
+def _last_good_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()] if ckpt_dir.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def _worker_nonfinite(err: BaseException) -> tuple[str, int] | None:
+    """``(message, step)`` of a NonFiniteLossError raised in a spawned worker process (torch's
+    ``ProcessRaisedException`` carries only its traceback as text)."""
+    import re
+
+    if type(err).__name__ != "ProcessRaisedException":
+        return None
+    match = re.search(r"NonFiniteLossError: (.*?)(?:; the last good checkpoint|$)", str(err), re.M)
+    if match is None:
+        return None
+    step = re.search(r"at step (\d+)", match.group(1))
+    return match.group(1).strip(), int(step.group(1)) if step else -1
+
+
+def _is_first_process() -> bool:
+    """Not a rank > 0 started by Lightning's launcher (those inherit these variables)."""
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,6 +355,8 @@ def _prepare_run_dir(run_dir: Path, config: PretrainConfig, resuming: bool) -> N
             )
         shutil.rmtree(ckpt_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_first_process():
+        remove_partial_checkpoints(ckpt_dir)  # left by a run killed while saving
 
 
 def _export(
@@ -371,6 +418,8 @@ def run_pretraining(
     t = config.trainer
     run_dir = run_dir_of(config)
     ckpt_path = resolve_resume(resume, run_dir)
+    if ckpt_path is not None:
+        check_resume_checkpoint(ckpt_path)
     _prepare_run_dir(run_dir, config, ckpt_path is not None)
     started = datetime.datetime.now()
     if t.num_threads is not None:
@@ -422,7 +471,14 @@ def run_pretraining(
     augment = MultiViewAugment(info.bands, config.augment, sensor=info.sensor, mean=mean, std=std)
     cfg_dict = config_to_dict(config)
     module = PretrainModule(
-        method, augment, config.optim, normalizer=normalizer, seed=t.seed, config=cfg_dict
+        method,
+        augment,
+        config.optim,
+        normalizer=normalizer,
+        seed=t.seed,
+        config=cfg_dict,
+        nonfinite=t.nonfinite_loss,
+        max_nonfinite_skips=t.max_nonfinite_skips,
     )
     exported = getattr(method, "export_backbone", None)
     export_module = exported() if callable(exported) else method.backbone
@@ -472,6 +528,7 @@ def run_pretraining(
             *(callbacks or []),
         ],
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],  # no half-written checkpoint, whatever kills the run
         num_sanity_val_steps=0,
         # streamed shards reseed each epoch; dynamic pruning swaps the training subset
         reload_dataloaders_every_n_epochs=1 if config.data.iterable or pruning is not None else 0,
@@ -490,6 +547,17 @@ def run_pretraining(
             )
     except SystemExit:  # Lightning exits after Ctrl-C; SIGTERM raises SIGTERMException
         raise TrainingInterrupted(interrupt.saved, trainer.global_step) from None
+    except NonFiniteLossError as err:  # nothing was saved from the bad step
+        raise NonFiniteLossError(
+            err.reason, err.step, checkpoint=_last_good_checkpoint(ckpt_dir)
+        ) from None
+    except Exception as err:  # ddp_spawn: a worker's error arrives as text
+        found = _worker_nonfinite(err)
+        if found is None:
+            raise
+        raise NonFiniteLossError(
+            found[0], found[1], checkpoint=_last_good_checkpoint(ckpt_dir)
+        ) from None
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT after a Ctrl-C

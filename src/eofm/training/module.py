@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,25 +13,29 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from eofm.augment.multiview import MultiViewAugment
 from eofm.data.stats import Normalizer
-from eofm.errors import ConfigError
+from eofm.errors import ConfigError, NonFiniteLossError
 from eofm.methods.base import SSLMethod
 from eofm.methods.heads import cosine_schedule
 from eofm.training.config import OptimConfig
 
 __all__ = [
+    "AtomicCheckpointIO",
     "FinalCheckpoint",
     "InterruptCheckpoint",
     "PretrainModule",
     "ThroughputMonitor",
+    "atomic_torch_save",
     "build_optimizer",
     "lr_lambda",
     "param_groups",
+    "remove_partial_checkpoints",
     "step_seed",
 ]
 
@@ -110,6 +117,11 @@ class PretrainModule(pl.LightningModule):
     ``(seed, step, rank)``, so a resumed run continues exactly as an uninterrupted one.
     Optional method hooks used when present: ``on_before_optimizer_step(step, max_steps)``
     and ``export_backbone()``.
+
+    A NaN or infinite loss (on any rank) raises :class:`~eofm.errors.NonFiniteLossError` with
+    ``nonfinite="stop"``; with ``"skip"`` the step's update is dropped (gradients discarded
+    before the optimiser step, buffers such as BatchNorm statistics restored, no EMA update;
+    the step still counts) until ``max_nonfinite_skips`` such steps in a row stop the run.
     """
 
     def __init__(
@@ -121,14 +133,24 @@ class PretrainModule(pl.LightningModule):
         normalizer: Normalizer | None = None,
         seed: int = 0,
         config: dict[str, Any] | None = None,
+        nonfinite: str = "stop",
+        max_nonfinite_skips: int = 5,
     ) -> None:
         super().__init__()
+        if nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"trainer.nonfinite_loss={nonfinite!r}: use stop or skip")
         self.method = method
         self.augment = augment
         self.normalizer = normalizer
         self.optim_cfg = optim
         self.seed = int(seed)
         self.total_steps = 0
+        self.nonfinite = nonfinite
+        self.max_nonfinite_skips = max(1, int(max_nonfinite_skips))
+        #: Steps whose update was dropped for a non-finite loss (in total, and in a row).
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self._skip_update = False
         self._generator: torch.Generator | None = None
         if config is not None:
             self.save_hyperparameters(config)
@@ -173,14 +195,26 @@ class PretrainModule(pl.LightningModule):
         gen = self._views_generator(images.device, seed ^ 0x5DEECE66D)
         with torch.autocast(images.device.type, enabled=False):  # views in float32
             views = self.augment(images.float(), self.method.view_spec, generator=gen)
+        # with "skip", the buffers a forward pass updates (BatchNorm statistics, DINO's centre)
+        # are kept so that a skipped step leaves no trace
+        buffers = (
+            {k: b.detach().clone() for k, b in self.method.named_buffers()}
+            if self.nonfinite == "skip"
+            else None
+        )
         out = self.method.forward_loss(views, batch)
         loss = out["loss"]
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"the {self.method.name} loss is {loss.item()} at step {self.global_step}; "
-                "lower optim.lr, set optim.grad_clip, or check the data normalisation"
-            )
         bs = images.shape[0]
+        self._skip_update = False
+        if self._any_rank_nonfinite(loss):
+            if buffers is not None:
+                with torch.no_grad():
+                    for k, b in self.method.named_buffers():
+                        b.copy_(buffers[k])
+            return self._nonfinite_step(loss, bs)
+        self.consecutive_skips = 0
+        if self.nonfinite == "skip":
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for key, value in out.items():
             if key == "loss" or not isinstance(value, Tensor) or value.numel() != 1:
@@ -190,13 +224,75 @@ class PretrainModule(pl.LightningModule):
         self.log("train/lr", float(opt.param_groups[0]["lr"]), batch_size=bs)
         return loss
 
+    # -- non-finite losses -------------------------------------------------------------------
+    def _any_rank_nonfinite(self, loss: Tensor) -> bool:
+        """Whether the loss is NaN/inf on this rank or on any other (so that every rank
+        stops or skips at the same step and DDP's collectives stay matched)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(())
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad.item() > 0)
+
+    def _nonfinite_step(self, loss: Tensor, batch_size: int) -> Tensor:
+        value = float(loss.detach().float().item())
+        what = (
+            f"the {self.method.name} loss is {value}"
+            if not math.isfinite(value)
+            else f"the {self.method.name} loss is non-finite on another rank"
+        )
+        hint = (
+            "lower optim.lr, set optim.grad_clip, check the data normalisation, or set "
+            "trainer.nonfinite_loss=skip"
+        )
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"{what} at step {self.global_step}; the run stopped ({hint})", self.global_step
+            )
+        self.consecutive_skips += 1
+        self.skipped_steps += 1
+        if self.consecutive_skips >= self.max_nonfinite_skips:
+            raise NonFiniteLossError(
+                f"{what} at step {self.global_step}: {self.consecutive_skips} non-finite losses "
+                f"in a row (trainer.max_nonfinite_skips={self.max_nonfinite_skips}); the run "
+                f"stopped ({hint})",
+                self.global_step,
+            )
+        rank_zero_warn(f"{what} at step {self.global_step}: the step's update is skipped")
+        self._skip_update = True
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batch_size)
+        # a finite zero that reaches every trainable parameter: DDP's gradient hooks all fire,
+        # and the gradients (zeros, not NaN) are discarded before the optimiser step
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        zero = sum((p.sum() * 0.0 for p in params), torch.zeros((), device=loss.device))
+        return zero
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["eofm_nonfinite"] = {
+            "skipped_steps": int(self.skipped_steps),
+            "consecutive_skips": int(self.consecutive_skips),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("eofm_nonfinite") or {}
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+
     def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self._skip_update:
+            # optimisers skip parameters without gradients: no update, no moment, no decay
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            return
         hook = getattr(self.method, "on_before_optimizer_step", None)
         if callable(hook):
             hook(self.global_step, self.total_steps)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        if self._skip_update:
+            return  # no EMA update from a skipped step
         # global_step counts completed steps and is incremented after this hook returns
         self.method.on_step_end(self.global_step + 1, self.total_steps)
 
@@ -272,6 +368,80 @@ class ThroughputMonitor(Callback):
     def mean_rate(self) -> float | None:
         """Images per second over the whole run (data loading included)."""
         return self.images / self.seconds if self.seconds > 0 else None
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a hidden temporary file beside ``path``, flushed to disk, then renamed
+    over ``path``: a reader (or a run killed mid-write) sees the old file or the new one,
+    never a half-written one. The temporary file is removed if saving fails."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _default_permissions(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _default_permissions(path: Path) -> None:
+    """``mkstemp`` files are private (0600): give the file the mode ``open`` would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~mask)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_checkpoints(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_torch_save` left in ``folder``."""
+    root = Path(folder)
+    removed = []
+    if root.is_dir():
+        for f in root.glob(".*.tmp"):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but every local checkpoint is written atomically.
+
+    Lightning 2.6 writes through an fsspec transaction whose temporary file lives in the
+    system's temporary folder; ``shutil.move`` then *copies* it into the run folder whenever
+    the two are on different filesystems, so a run killed during that copy leaves a truncated
+    ``.ckpt``. Here the temporary file sits next to the target, is fsync'ed and renamed with
+    ``os.replace`` (atomic on POSIX and Windows). Remote URLs use Lightning's own path.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, Path(path))
 
 
 class FinalCheckpoint(Callback):
