@@ -39,7 +39,7 @@ __all__ = ["DemoSettings", "run_demo"]
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets of the demo (defaults: ~3 minutes on 2 CPU cores)."""
+    """Sizes and budgets of the demo (defaults: ~2 minutes on 2 quiet CPU cores)."""
 
     pool_size: int = 2000
     eval_size: int = 1500

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="curate, pretrain and evaluate end to end (synthetic data by default, CPU)",
-        description="The main job in about 3 minutes on 2 CPU cores: synthetic Sentinel-1 "
+        description="The main job in about 2 minutes on 2 CPU cores: synthetic Sentinel-1 "
         "scenes (or --data FOLDER) -> inspect -> shards -> dense contrastive pretraining with "
         "dynamic pruning -> curation -> linear probe and segmentation against random "
         "initialisation -> report.md/report.html.",
