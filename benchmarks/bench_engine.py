@@ -65,6 +65,8 @@ import numpy as np
 import results_file
 import torch
 
+from eofm.training.allocator import tune_malloc
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work" / "engine"
 SECTION = "## Engine overhead"
@@ -150,6 +152,8 @@ def make_config(
         f"output.name={name}",
         "output.overwrite=true",
         "output.export=false",
+        # the engine tunes glibc's allocator on CPU by default; measure both loops alike
+        f"trainer.tune_malloc={'true' if getattr(args, 'tune_malloc', True) else 'false'}",
     ]
     if method == "gfm":  # the tiny recipe taps Swin stages; use the backbone's own defaults
         overrides += [
@@ -359,22 +363,6 @@ def bare_run(config: Any) -> Run:
 
 # --------------------------------------------------------------------------------------------
 # measuring
-
-
-def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """glibc only: serve large blocks from the heap (up to ``mmap_threshold``) and keep up to
-    ``trim_threshold`` of free memory instead of returning it to the OS. By default glibc
-    unmaps freed activation-sized blocks and the next step faults them back in: 10,000-25,000
-    minor page faults per ``vit_test`` step at batch 64 here (20-40 ms of system time)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, mmap_threshold) == 1
-    return libc.mallopt(m_trim_threshold, trim_threshold) == 1 and ok
 
 
 def plan_for(backbone: str, args: argparse.Namespace) -> tuple[int, int, int]:

@@ -424,6 +424,10 @@ def run_pretraining(
     started = datetime.datetime.now()
     if t.num_threads is not None:
         torch.set_num_threads(max(1, t.num_threads))
+    if t.tune_malloc and t.accelerator.lower() == "cpu":
+        from eofm.training.allocator import tune_malloc
+
+        tune_malloc()
     pl.seed_everything(t.seed, workers=True, verbose=False)
 
     # data
