@@ -3,23 +3,10 @@ times faster without competing OpenMP threads) and share small synthetic pools."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
 
 COLOURS = np.array(
     [[200, 60, 40], [30, 160, 60], [40, 60, 200], [220, 220, 40], [120, 30, 160]],

@@ -5,7 +5,6 @@ short AdamW training loop. Nothing here depends on the training engine or ``eofm
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -152,15 +151,3 @@ def assert_loss_falls(losses: list[float], factor: float = 0.9) -> None:
     assert all(torch.isfinite(torch.tensor(losses)))
     margin = (1.0 - factor) * abs(first)
     assert last < first - margin, f"loss did not fall: first 5 {first:.4f}, last 5 {last:.4f}"
-
-
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """Run a test on one intra-op thread: tiny models on a shared 2-core machine are many
-    times faster without OpenMP threads competing (opt in with ``usefixtures``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -26,8 +26,6 @@ from .conftest import (
     unused_parameters,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def coordinate_image(h: int, w: int) -> torch.Tensor:
     """Channel 0: x of each pixel centre, channel 1: y (so bilinear sampling is exact)."""

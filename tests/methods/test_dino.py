@@ -12,8 +12,6 @@ from tests.training.helpers import ssl_losses
 
 from .conftest import ImageSet, assert_loss_falls
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def tiny(name: str = "vit_test", bands: int = 13, **kw: object) -> DINO:
     bb = create_backbone(name, bands=bands, img_size=32)

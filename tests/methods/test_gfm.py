@@ -16,8 +16,6 @@ from eofm.models import Backbone, create_backbone
 
 from .conftest import ImageSet, assert_loss_falls, train_losses, unused_parameters
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 S2 = "sentinel2_l1c"
 
 

@@ -13,8 +13,6 @@ from eofm.models import create_backbone
 
 from .conftest import ImageSet, assert_loss_falls, train_losses, unused_parameters
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def tiny_mae(name: str = "vit_test", bands: int = 3, **kw: object) -> MAE:
     bb = create_backbone(name, bands=bands, img_size=32)

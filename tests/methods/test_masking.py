@@ -24,8 +24,6 @@ from eofm.methods.masking import (
 )
 from eofm.models import create_backbone
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.mark.parametrize(
     ("n", "ratio", "expected"),

@@ -15,8 +15,6 @@ from eofm.models import create_backbone
 
 from .conftest import ImageSet, assert_loss_falls, train_losses, unused_parameters
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def tiny(name: str, bands: int, **kw: Any) -> SimMIM:
     return SimMIM(create_backbone(name, bands=bands, img_size=32), **kw)

@@ -20,8 +20,6 @@ from .conftest import (
     unused_parameters,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def tiny(name: str = "vit_test", bands: int = 13, **kw: Any) -> SoftCon:
     kw = {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 64, **kw}
