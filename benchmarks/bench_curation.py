@@ -857,8 +857,7 @@ def figures() -> list[dict[str, Any]]:
 
 
 def write_section() -> None:
-    results_file.write_section(SECTION, render())
-    results_file.write_figures(SECTION, figures())
+    results_file.publish(SECTION, render(), figures())
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

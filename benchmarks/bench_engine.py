@@ -773,8 +773,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     figures = figures_of(rows, probe, cmd_of, probe_cmd, args.tune_malloc)
     if not args.no_write and (rows or probe):
         section = TUNED_SECTION if args.tune_malloc else SECTION
-        results_file.write_section(section, render(rows, probe, args, cmd))
-        results_file.write_figures(section, figures)
+        results_file.publish(section, render(rows, probe, args, cmd), figures)
     return figures
 
 

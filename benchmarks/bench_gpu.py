@@ -422,8 +422,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
             )
     if not args.no_write:
-        results_file.write_section(SECTION, render(rows, args, cmd, gpu, peak))
-        results_file.write_figures(SECTION, figures)
+        results_file.publish(SECTION, render(rows, args, cmd, gpu, peak), figures)
     return figures
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from results_file import command, figure, write_figures, write_section
+from results_file import command, figure, publish
 
 from eofm.data.datasets import ClassificationCSV
 from eofm.data.shards import ShardDataset, pack_dataset
@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))
     if not args.no_write:
-        write_section(SECTION, lines)
-        write_figures(SECTION, figures)
+        publish(SECTION, lines, figures)
     return figures
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from results_file import command, figure, machine_line, write_figures, write_section
+from results_file import command, figure, machine_line, publish
 from torch.utils.data import DataLoader, Dataset
 
 from eofm.data.sample import collate_samples
@@ -324,8 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))
     if not args.no_write:
-        write_section(SECTION, lines)
-        write_figures(SECTION, figures)
+        publish(SECTION, lines, figures)
     return figures
 
 

@@ -261,8 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         )
     if not args.no_write and rows:
-        results_file.write_section(SECTION, render(rows, args, cmd))
-        results_file.write_figures(SECTION, figures)
+        results_file.publish(SECTION, render(rows, args, cmd), figures)
     return figures
 
 

@@ -296,8 +296,7 @@ def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s:
         "backward and optimiser step); all views of an image count as one image.",
         "",
     ]
-    results_file.write_section(SECTION, lines)
-    results_file.write_figures(SECTION, figures_of(args, rows))
+    results_file.publish(SECTION, lines, figures_of(args, rows))
     (WORK / "bench_pretrain.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -169,3 +169,9 @@ def write_figures(section: str, figures: list[dict[str, Any]], path: Path | None
     }
     _atomic_write(path, json.dumps(data, indent=1, default=str) + "\n")
     print(f"wrote {len(figures)} figure(s) of {section!r} to {path}")
+
+
+def publish(section: str, lines: list[str], figures: list[dict[str, Any]]) -> None:
+    """Write a benchmark's results: its section of results.md and its figures in results.json."""
+    write_section(section, lines)
+    write_figures(section, figures)
