@@ -272,10 +272,9 @@ def _plot_training(series: dict[str, list[tuple[int, float]]], path: Path) -> Pa
     loss = series.get("train/loss")
     if not loss:
         return None
-    import matplotlib
+    from eofm.evaluation.report import _plt, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     pool = series.get("curation/pool_cluster_entropy", [])
     kept = series.get("curation/cluster_entropy", [])
@@ -294,9 +293,7 @@ def _plot_training(series: dict[str, list[tuple[int, float]]], path: Path) -> Pa
     else:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_summary(results: dict[str, Any], path: Path) -> Path | None:
@@ -307,10 +304,9 @@ def _plot_summary(results: dict[str, Any], path: Path) -> Path | None:
     ]
     if not pairs:
         return None
-    import matplotlib
+    from eofm.evaluation.report import _plt, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.4), squeeze=False)
     for ax, (name, metric, res) in zip(axes[0], pairs, strict=True):
@@ -321,9 +317,7 @@ def _plot_summary(results: dict[str, Any], path: Path) -> Path | None:
             ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
         ax.set(title=name, ylabel=metric.replace("_", " "), ylim=(0, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _evaluate(
