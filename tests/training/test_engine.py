@@ -71,7 +71,7 @@ def test_tiny_run_exports_a_model_and_safe_checkpoints(tmp_path: Path) -> None:
     assert result.global_step == 6 and result.final_loss is not None
     assert result.images_per_s is not None and result.images_per_s > 0
     names = {p.name for p in result.checkpoints}
-    assert {"last.ckpt", "step=0000004.ckpt"} <= names
+    assert names == {"last.ckpt", "step=0000004.ckpt"}  # no second copy (last-v1.ckpt)
     ckpt = torch.load(result.last_checkpoint, weights_only=True)  # plain types only
     assert ckpt["global_step"] == 6 and ckpt["optimizer_states"]
     assert result.model_path is not None
@@ -79,6 +79,8 @@ def test_tiny_run_exports_a_model_and_safe_checkpoints(tmp_path: Path) -> None:
     assert model.arch == "vit_test" and len(model.bands) == 13
     card = model.card or {}
     assert card["pretraining"]["method"] == "simclr"
+    # the data's sensor is recorded, so bands can later be matched by name (B04 = red)
+    assert card["sensor"] == "sentinel2_l1c" and model.sensor == "sentinel2_l1c"
     assert set(card["normalization"]["mean"]) == set(model.bands)
     x = torch.randn(2, 13, 32, 32)
     assert model(x).shape == (2, model.embed_dim)
@@ -93,6 +95,31 @@ def test_tiny_run_exports_a_model_and_safe_checkpoints(tmp_path: Path) -> None:
     # the folder now holds a run: a new one there must resume or overwrite
     with pytest.raises(ConfigError, match="--resume last"):
         run_pretraining(tiny(tmp_path, "run", "trainer.max_steps=6"))
+
+
+def test_final_step_checkpoint_is_written_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saves: list[tuple[str, int]] = []
+    original = pl.Trainer.save_checkpoint
+
+    def counting(self: pl.Trainer, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        saves.append((Path(filepath).name, self.global_step))
+        original(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", counting)
+    # the periodic checkpoint falls on the last step: last.ckpt is not saved again
+    run_pretraining(tiny(tmp_path, "a", "trainer.max_steps=8"))
+    assert saves.count(("last.ckpt", 8)) == 1 and ("step=0000008.ckpt", 8) in saves
+    saves.clear()
+    # no periodic checkpoint in the run: last.ckpt once, at the end
+    result = run_pretraining(tiny(tmp_path, "b", "trainer.max_steps=3", "output.tensorboard=true"))
+    assert saves == [("last.ckpt", 3)]
+    assert [p.name for p in result.checkpoints] == ["last.ckpt"]
+    # TensorBoard and CSV share one version folder
+    assert [p.name for p in (result.run_dir / "logs").iterdir()] == ["version_0"]
+    version = result.run_dir / "logs" / "version_0"
+    assert (version / "metrics.csv").is_file() and list(version.glob("events.out.tfevents.*"))
 
 
 class _StopAt(pl.Callback):

@@ -314,9 +314,23 @@ def _strategy(config: PretrainConfig, backbone: nn.Module) -> Any:
     return FSDPStrategy(**opts)
 
 
+def _known_sensor(name: str | None) -> str | None:
+    """The registered sensor ``name`` refers to, else None (a dataset may name any sensor)."""
+    from eofm.data.sensors import get_sensor
+
+    if name is None:
+        return None
+    try:
+        return get_sensor(name).name
+    except EofmError:
+        return None
+
+
 def _loggers(config: PretrainConfig, run_dir: Path) -> list[Any]:
+    """TensorBoard (when installed) and CSV loggers writing to one ``logs/version_N``."""
     from lightning.pytorch.loggers import CSVLogger
 
+    version = _next_log_version(run_dir / "logs")
     loggers: list[Any] = []
     if config.output.tensorboard:
         try:
@@ -330,18 +344,31 @@ def _loggers(config: PretrainConfig, run_dir: Path) -> list[Any]:
                     stacklevel=3,
                 )
             else:
-                loggers.append(_tensorboard(run_dir))
+                loggers.append(_tensorboard(run_dir, version))
         else:
-            loggers.append(_tensorboard(run_dir))
+            loggers.append(_tensorboard(run_dir, version))
     if config.output.csv or not loggers:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs"))
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=version))
     return loggers
 
 
-def _tensorboard(run_dir: Path) -> Any:
+def _next_log_version(logs: Path) -> int:
+    """One past the highest ``version_N`` under ``logs`` (0 for a new run): each logger
+    would otherwise count for itself and TensorBoard and CSV land in different folders."""
+    found = [
+        int(p.name.split("_", 1)[1])
+        for p in (logs.glob("version_*") if logs.is_dir() else [])
+        if p.is_dir() and p.name.split("_", 1)[1].isdigit()
+    ]
+    return max(found, default=-1) + 1
+
+
+def _tensorboard(run_dir: Path, version: int) -> Any:
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    return TensorBoardLogger(save_dir=str(run_dir), name="logs", default_hp_metric=False)
+    return TensorBoardLogger(
+        save_dir=str(run_dir), name="logs", version=version, default_hp_metric=False
+    )
 
 
 def _prepare_run_dir(run_dir: Path, config: PretrainConfig, resuming: bool) -> None:
@@ -453,6 +480,7 @@ def run_pretraining(
     backbone = create_backbone(
         config.model.backbone,
         bands=list(info.bands),
+        sensor=_known_sensor(info.sensor),  # recorded in the model card, to match bands later
         img_size=img_size,
         pretrained=config.model.pretrained,
         **opts,
@@ -527,7 +555,7 @@ def run_pretraining(
             periodic,
             throughput,
             interrupt,
-            FinalCheckpoint(ckpt_dir / "last.ckpt"),
+            FinalCheckpoint(ckpt_dir / "last.ckpt", periodic),
             *([pruning] if pruning is not None else []),
             *(callbacks or []),
         ],

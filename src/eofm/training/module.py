@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -446,13 +446,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class FinalCheckpoint(Callback):
     """Save ``last.ckpt`` when training ends, whatever the checkpoint period (every rank
-    takes part, as saving is collective under DDP/FSDP)."""
+    takes part, as saving is collective under DDP/FSDP).
 
-    def __init__(self, path: str | Path) -> None:
+    With ``periodic`` (the run's ``ModelCheckpoint``), nothing is written when it has already
+    saved the final step, and it is told of the final save, so that its own end-of-training
+    save (Lightning >= 2.5) does not write a second copy (``last-v1.ckpt``).
+    """
+
+    def __init__(self, path: str | Path, periodic: ModelCheckpoint | None = None) -> None:
         self.path = Path(path)
+        self.periodic = periodic
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        periodic = self.periodic
+        if (
+            periodic is not None
+            and getattr(periodic, "_last_global_step_saved", None) == trainer.global_step
+            and Path(periodic.last_model_path or "") == self.path
+            and self.path.is_file()
+        ):
+            return  # the periodic checkpoint of this very step is last.ckpt already
         trainer.save_checkpoint(self.path, weights_only=False)
+        if periodic is not None:
+            periodic.last_model_path = str(self.path)
+            periodic._last_global_step_saved = trainer.global_step
+            periodic._last_checkpoint_saved = str(self.path)
 
 
 class InterruptCheckpoint(Callback):
