@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import subprocess
 import sys
@@ -89,26 +87,6 @@ def part_command(part: str) -> str:
 # helpers
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        if found:
-            cpu = found.group(1).strip()
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
-def load_avg() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-
-
 def peak_rss_mib() -> float:
     """Peak RSS of this process: ``VmHWM`` (its own address space since exec). ``getrusage``'s
     ``ru_maxrss`` is only the fallback: on Linux a child started by a large parent (the runner)
@@ -118,14 +96,8 @@ def peak_rss_mib() -> float:
 
 
 def rss_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, RssAnon, RssFile...) in MiB (0 if absent)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    """A memory field of /proc/self/status in MiB (0 if absent)."""
+    return results_file.status_mib(field, 0.0)
 
 
 class AnonPeak:
@@ -156,8 +128,8 @@ def save_part(name: str, data: dict[str, Any]) -> None:
     data = {
         **data,
         "date": date.today().isoformat(),
-        "machine": machine(),
-        "load": load_avg(),
+        "machine": results_file.machine_line(),
+        "load": results_file.load_str(),
         "command": part_command(name),
     }
     (CWORK / f"{name}{STATE['tag']}.json").write_text(json.dumps(data, indent=1))

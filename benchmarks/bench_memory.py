@@ -39,13 +39,7 @@ LIMIT_BYTES = 4e9  # "4 GB"
 
 
 def rss_mib(field: str = "VmRSS") -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    return results_file.status_mib(field, float("nan"))
 
 
 # --------------------------------------------------------------------------------------------

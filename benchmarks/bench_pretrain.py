@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from datetime import date
@@ -209,21 +207,6 @@ def probe(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         )
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"model name\s*:\s*(.+)", text)
-        if found:
-            cpu = found.group(1).strip()
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
 def command_of(args: argparse.Namespace, methods: list[str]) -> str:
     argv = list(args.argv)
     for flag, value in (("--budget", f"{args.budget:g}"), ("--methods", ",".join(methods))):
@@ -262,8 +245,8 @@ def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s:
         "",
         f"`{command_of(args, [r['method'] for r in rows])}` on {date.today().isoformat()}.",
         "",
-        f"- Machine: {machine()}; {args.threads} torch thread(s); load average at the end "
-        f"(1/5/15 min) {load} (other jobs shared the machine).",
+        f"- Machine: {results_file.machine_line()}; {args.threads} torch thread(s); load "
+        f"average at the end (1/5/15 min) {load} (other jobs shared the machine).",
         f"- Data: EuroSAT RGB (`splits_seed42.csv`): pretraining on the train split "
         f"(18,900 images, labels unused) at {args.size} px; probe on "
         f"{args.probe_train or 'all'} train images, evaluated on the 4,050 test images.",

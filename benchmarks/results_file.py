@@ -116,6 +116,18 @@ def machine_line() -> str:
     )
 
 
+def status_mib(field: str, default: float = 0.0) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, RssAnon...) in MiB (``default`` if
+    absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return default
+
+
 def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
