@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from eofm.augment import ops
-from eofm.data.sensors import Sensor, get_sensor
-from eofm.errors import ConfigError, UnknownNameError
+from eofm.data.sensors import Sensor, find_sensor
+from eofm.errors import ConfigError
 from eofm.methods.base import Views, ViewSpec
 
 __all__ = ["AugmentConfig", "MultiViewAugment", "sar_scale_of", "sensor_kind_of"]
@@ -72,18 +72,9 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
-def _sensor(sensor: str | Sensor | None) -> Sensor | None:
-    if sensor is None:
-        return None
-    try:
-        return get_sensor(sensor)
-    except UnknownNameError:
-        return None
-
-
 def sensor_kind_of(sensor: str | Sensor | None, bands: Sequence[str]) -> Literal["optical", "sar"]:
     """``sar`` for SAR sensors or polarisation band names (VV, VH, HH, HV), else ``optical``."""
-    s = _sensor(sensor)
+    s = find_sensor(sensor)
     if s is not None:
         return "sar" if s.kind == "sar" else "optical"
     pols = {"VV", "VH", "HH", "HV"}
@@ -94,7 +85,7 @@ def sensor_kind_of(sensor: str | Sensor | None, bands: Sequence[str]) -> Literal
 
 def sar_scale_of(sensor: str | Sensor | None) -> Literal["linear", "db"]:
     """``db`` when the sensor's units are decibels, else ``linear``."""
-    s = _sensor(sensor)
+    s = find_sensor(sensor)
     return "db" if s is not None and s.units.lower().startswith("db") else "linear"
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eofm.data.sensors import Sensor, get_sensor, list_sensors, normalise_band_name
+from eofm.data.sensors import Sensor, find_sensor, get_sensor, list_sensors, normalise_band_name
 from eofm.errors import ConfigError, UnknownNameError
 
 __all__ = [
@@ -170,15 +170,6 @@ def rot90(images: Tensor, k: Tensor) -> Tensor:
 # band identification
 
 
-def _sensor_or_none(sensor: str | Sensor | None) -> Sensor | None:
-    if sensor is None:
-        return None
-    try:
-        return get_sensor(sensor)
-    except UnknownNameError:
-        return None
-
-
 def rgb_indices(
     bands: Sequence[str], sensor: str | Sensor | None = None
 ) -> tuple[int, int, int] | None:
@@ -190,7 +181,7 @@ def rgb_indices(
     """
     plain = {"RED": "red", "R": "red", "GREEN": "green", "G": "green", "BLUE": "blue", "B": "blue"}
     candidates: list[Sensor] = []
-    given = _sensor_or_none(sensor)
+    given = find_sensor(sensor)
     if given is not None:
         candidates.append(given)
     else:

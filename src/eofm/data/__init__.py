@@ -15,7 +15,15 @@ from eofm.data.datasets import (
 )
 from eofm.data.readers import Raster, read_band_files, read_raster
 from eofm.data.sample import IGNORE_INDEX, Sample, collate_samples
-from eofm.data.sensors import Band, Sensor, get_sensor, list_sensors, match_bands, register_sensor
+from eofm.data.sensors import (
+    Band,
+    Sensor,
+    find_sensor,
+    get_sensor,
+    list_sensors,
+    match_bands,
+    register_sensor,
+)
 from eofm.data.shards import ShardDataset, ShardIterableDataset, ShardWriter, pack_dataset
 from eofm.data.stats import DatasetCard, Normalizer, compute_stats, load_or_compute_card
 
@@ -42,6 +50,7 @@ __all__ = [
     "UnlabelledPool",
     "collate_samples",
     "compute_stats",
+    "find_sensor",
     "get_sensor",
     "list_sensors",
     "load_or_compute_card",

@@ -108,6 +108,17 @@ def get_sensor(name: str | Sensor) -> Sensor:
         raise UnknownNameError("sensor", name, list_sensors()) from None
 
 
+def find_sensor(name: str | Sensor | None) -> Sensor | None:
+    """Like :func:`get_sensor`, but ``None`` for ``None`` or a name that is not registered
+    (a dataset may name any sensor)."""
+    if name is None:
+        return None
+    try:
+        return get_sensor(name)
+    except UnknownNameError:
+        return None
+
+
 def list_sensors() -> list[str]:
     """Canonical names of the registered sensors."""
     return sorted({s.name for s in _SENSORS.values()})

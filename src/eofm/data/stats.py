@@ -33,14 +33,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from eofm.data.sample import Sample
-from eofm.data.sensors import Sensor, get_sensor, match_bands
+from eofm.data.sensors import Sensor, find_sensor, match_bands
 from eofm.errors import (
     BandMismatchError,
     ConfigError,
     CorruptFileError,
     DataError,
     EmptyDatasetError,
-    UnknownNameError,
 )
 
 __all__ = [
@@ -90,15 +89,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _sensor_or_none(name: str | Sensor | None) -> Sensor | None:
-    if name is None:
-        return None
-    try:
-        return get_sensor(name)
-    except UnknownNameError:
-        return None
 
 
 @dataclass
@@ -212,7 +202,7 @@ class DatasetCard:
         if bands is None:
             return list(self.bands)
         idx = match_bands(
-            bands, self.bands, sensor=_sensor_or_none(self.sensor), path=self.source or None
+            bands, self.bands, sensor=find_sensor(self.sensor), path=self.source or None
         )
         return [self.bands[i] for i in idx]
 
@@ -509,7 +499,7 @@ def compute_stats(
     if sensor is None:
         sensor = getattr(dataset_or_iterable, "sensor", None)
     sensor_name = sensor.name if isinstance(sensor, Sensor) else sensor
-    sensor_obj = _sensor_or_none(sensor)
+    sensor_obj = find_sensor(sensor)
     chunks, total = _chunks(
         dataset_or_iterable,
         max_samples=max_samples,

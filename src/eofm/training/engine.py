@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from eofm.augment.multiview import MultiViewAugment
+from eofm.data.sensors import find_sensor
 from eofm.errors import CheckpointError, ConfigError, EofmError, NonFiniteLossError
 from eofm.methods.base import SSLMethod, ViewSpec, create_method
 from eofm.training.config import PretrainConfig, _suggest, config_to_dict
@@ -314,18 +315,6 @@ def _strategy(config: PretrainConfig, backbone: nn.Module) -> Any:
     return FSDPStrategy(**opts)
 
 
-def _known_sensor(name: str | None) -> str | None:
-    """The registered sensor ``name`` refers to, else None (a dataset may name any sensor)."""
-    from eofm.data.sensors import get_sensor
-
-    if name is None:
-        return None
-    try:
-        return get_sensor(name).name
-    except EofmError:
-        return None
-
-
 def _loggers(config: PretrainConfig, run_dir: Path) -> list[Any]:
     """TensorBoard (when installed) and CSV loggers writing to one ``logs/version_N``."""
     from lightning.pytorch.loggers import CSVLogger
@@ -480,7 +469,7 @@ def run_pretraining(
     backbone = create_backbone(
         config.model.backbone,
         bands=list(info.bands),
-        sensor=_known_sensor(info.sensor),  # recorded in the model card, to match bands later
+        sensor=find_sensor(info.sensor),  # recorded in the model card, to match bands later
         img_size=img_size,
         pretrained=config.model.pretrained,
         **opts,
