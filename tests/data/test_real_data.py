@@ -21,6 +21,7 @@ from eofm.data.datasets import (
     dubai_segmentation,
 )
 from eofm.data.readers import read_raster
+from eofm.data.shards import ShardDataset, pack_dataset
 from tests.conftest import shared_subdir
 
 pytestmark = pytest.mark.shared_data
@@ -91,6 +92,19 @@ def test_dubai_colour_masks(shared_data: Path) -> None:
         assert s["mask"].shape == s["image"].shape[1:]
         seen |= set(torch.unique(s["mask"]).tolist())
     assert seen <= {-1, 0, 1, 2, 3, 4, 5} and {0, 1, 3} <= seen
+
+
+def test_dubai_packed_resized_keeps_unlabelled_pixels(shared_data: Path, tmp_path: Path) -> None:
+    """Tile 0's mask fits uint8; tile 23 has unlabelled (-1) pixels, which must stay -1."""
+    root = shared_subdir(shared_data, "dubai_aerial_semseg/Semantic segmentation dataset")
+    ds = dubai_segmentation(root)
+    picked = torch.utils.data.Subset(ds, [0, 23])
+    picked.bands = ds.bands  # type: ignore[attr-defined]
+    packed = ShardDataset(pack_dataset(picked, tmp_path, size=96, fit="resize", progress=False))
+    assert packed.index["image_shape"] == [3, 96, 96]
+    masks = [packed[i]["mask"] for i in range(2)]
+    assert int(masks[0].min()) >= 0 and int(masks[1].min()) == -1
+    assert int(torch.stack(masks).max()) <= 5
 
 
 def test_sen1floods11_s1_s2_labels_with_nodata(shared_data: Path) -> None:

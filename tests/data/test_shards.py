@@ -388,6 +388,36 @@ def test_pack_dataset_shape_mismatch_and_size(tmp_path: Path) -> None:
     assert ds.index["dtype"] == "uint8"  # upsampled integral image was rounded
 
 
+def test_negative_mask_values_after_unsigned_ones_are_kept(tmp_path: Path) -> None:
+    """A first mask of 0..2 is stored as uint8; a later -1 (ignore index) must not wrap to 255."""
+    first, second = _rgb_samples(2)
+    first["mask"] = torch.randint(0, 3, (8, 8))
+    second["mask"] = torch.full((8, 8), -1)
+    ds = ShardDataset(pack_dataset(_ListDataset([first, second]), tmp_path, progress=False))
+    assert torch.equal(ds[0]["mask"], first["mask"])
+    assert torch.equal(ds[1]["mask"], second["mask"])
+
+
+def test_pack_dataset_resize_keeps_the_whole_scene(tmp_path: Path) -> None:
+    big = _rgb_samples(1, h=16, w=16)[0]
+    blocks = torch.arange(64, dtype=torch.float32).view(1, 8, 8)  # 2x2 blocks of one value
+    big["image"] = blocks.repeat_interleave(2, 1).repeat_interleave(2, 2).expand(3, -1, -1) * 3
+    big["mask"] = (blocks[0] % 3).long().repeat_interleave(2, 0).repeat_interleave(2, 1)
+    small = _rgb_samples(1, h=4, w=6)[0]
+    root = pack_dataset(
+        _ListDataset([big, small]), tmp_path / "r", size=8, fit="resize", progress=False
+    )
+    ds = ShardDataset(root)
+    assert ds.index["image_shape"] == [3, 8, 8] and ds.index["dtype"] == "uint8"
+    # Halving a 2x2-block image gives the blocks back: the whole scene, not its centre.
+    assert torch.equal(ds[0]["image"].float(), blocks.expand(3, -1, -1) * 3)
+    assert torch.equal(ds[0]["mask"], (blocks[0] % 3).long())
+    assert ds[1]["mask"].shape == (8, 8)  # 4x6 stretched to 8x8, mask nearest
+    assert set(ds[1]["mask"].unique().tolist()) <= set(small["mask"].unique().tolist())
+    with pytest.raises(ValueError, match="fit"):
+        pack_dataset(_ListDataset([big]), tmp_path / "x", size=8, fit="pad", progress=False)
+
+
 def test_pack_dataset_with_workers_and_band_mismatch(tmp_path: Path) -> None:
     samples = _rgb_samples(6)
     root = pack_dataset(_ListDataset(samples), tmp_path / "w", num_workers=2, progress=False)

@@ -119,6 +119,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         progress=not args.quiet,
         size=args.size,
+        fit=args.fit,
     )
     print(f"packed {len(ds)} samples into {out}")
     return 0
@@ -265,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("out", help="output folder for the shards")
     pack.add_argument("--shard-size", type=int, default=4096, help="samples per shard")
     pack.add_argument(
-        "--size", type=int, default=None, help="centre-crop/resize every image to SIZE x SIZE"
+        "--size", type=int, default=None, help="bring every image to SIZE x SIZE (see --fit)"
+    )
+    pack.add_argument(
+        "--fit",
+        choices=("crop", "resize"),
+        default="crop",
+        help="with --size: centre-crop (upsampling smaller images first) or resize whole images",
     )
     pack.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
     pack.set_defaults(func=cmd_pack)

@@ -172,7 +172,15 @@ class _NpyAppender:
 
 
 def _lossless_cast(array: Array, dtype: np.dtype[Any]) -> Array | None:
-    """``array`` in ``dtype`` if every value survives the round trip, else None."""
+    """``array`` in ``dtype`` if every value survives the round trip, else None.
+
+    Integer targets are range-checked first: a round trip alone would accept wrapped values
+    (-1 -> uint8 255 -> int8 -1)."""
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        with np.errstate(invalid="ignore"):
+            if not (info.min <= array.min() and array.max() <= info.max):  # NaN fails too
+                return None
     with np.errstate(invalid="ignore", over="ignore"):
         out = array.astype(dtype)
         if np.array_equal(out.astype(array.dtype), array):
@@ -630,22 +638,40 @@ def _numpy_samples(batch: list[Sample]) -> list[Sample]:
     ]
 
 
-def _fit_size(image: Array, mask: Array | None, size: int) -> tuple[Array, Array | None]:
-    """Center-crop to ``size`` x ``size``; images smaller than that are first upsampled
-    (bilinear; masks nearest) so that their shorter side is ``size``."""
+def _resample(image: Array, mask: Array | None, h: int, w: int) -> tuple[Array, Array | None]:
+    """Resample to ``h`` x ``w``: images by area averaging when shrinking both sides, else
+    bilinear (anti-aliased along a shrinking side); integral images stay integral; masks
+    nearest."""
+    integral = narrow_dtype(image).dtype.kind in "iu"
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    if h <= image.shape[1] and w <= image.shape[2]:
+        out = F.interpolate(t, size=(h, w), mode="area")
+    else:
+        shrink = h < image.shape[1] or w < image.shape[2]
+        out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    resized = out[0].numpy()
+    image = np.round(resized) if integral else resized
+    if mask is not None:
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        mask = F.interpolate(m, size=(h, w), mode="nearest")[0, 0].numpy().astype(np.int64)
+    return image, mask
+
+
+def _fit_size(
+    image: Array, mask: Array | None, size: int, fit: str = "crop"
+) -> tuple[Array, Array | None]:
+    """Bring an image (and its mask) to ``size`` x ``size``.
+
+    ``fit="crop"`` center-crops, upsampling first images whose shorter side is below
+    ``size``; ``fit="resize"`` resamples the whole image to ``size`` x ``size`` (the aspect
+    ratio changes for non-square images)."""
     _, h, w = image.shape
+    if fit == "resize":
+        return (image, mask) if (h, w) == (size, size) else _resample(image, mask, size, size)
     if h < size or w < size:
-        integral = narrow_dtype(image).dtype.kind in "iu"
         scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        out = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)[0].numpy()
-        image = np.round(out) if integral else out
-        if mask is not None:
-            m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-            mask = F.interpolate(m, size=(nh, nw), mode="nearest")[0, 0].numpy()
-            mask = mask.astype(np.int64)
-        h, w = nh, nw
+        h, w = max(size, round(h * scale)), max(size, round(w * scale))
+        image, mask = _resample(image, mask, h, w)
     top, left = (h - size) // 2, (w - size) // 2
     image = image[:, top : top + size, left : left + size]
     if mask is not None:
@@ -665,11 +691,13 @@ def pack_dataset(
     num_workers: int = 0,
     progress: bool = True,
     size: int | None = None,
+    fit: str = "crop",
 ) -> Path:
     """Pack a map-style dataset of sample dicts into shards under ``out_dir``; return the folder.
 
     Images must share one shape; otherwise a :class:`DataError` names the first odd file, and
-    ``size=N`` center-crops (upsampling smaller images first) every image and mask to N x N.
+    ``size=N`` brings every image and mask to N x N: ``fit="crop"`` center-crops (upsampling
+    smaller images first), ``fit="resize"`` resamples the whole image (masks nearest).
     Float images whose values are all integral are stored in the smallest integer dtype that
     holds them (JPEG pixels read as float32 0..255 are stored as uint8), so round trips are
     bit-identical. Labels: integer scalars are classes, 0/1 vectors multi-hot labels, anything
@@ -684,6 +712,8 @@ def pack_dataset(
     root_hint = getattr(dataset, "root", None)
     if total == 0:
         raise EmptyDatasetError(root_hint, "dataset has no samples to pack")
+    if fit not in ("crop", "resize"):
+        raise ValueError(f"fit must be 'crop' or 'resize', got {fit!r}")
     sensor_attr = getattr(dataset, "sensor", None)
     sensor = sensor_attr.name if isinstance(sensor_attr, Sensor) else sensor_attr
     class_names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
@@ -713,7 +743,7 @@ def pack_dataset(
             if image.ndim != 3:
                 raise DataError(where, f"image must be (C, H, W), got shape {image.shape}")
             if size is not None:
-                image, mask = _fit_size(image, mask, size)
+                image, mask = _fit_size(image, mask, size, fit)
             elif first_shape is not None and image.shape != first_shape:
                 raise DataError(
                     where,
