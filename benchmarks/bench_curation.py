@@ -888,13 +888,17 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
         f"- Uniform: mean probe {uniform:.4f} over {len(uniform_accs)} seed(s) "
         f"(spread {spread:.1f} pt)."
     )
-    better = 0
+    better = significant = 0
     tried = 0
+    uniform_by_seed = {r["seed"]: r["probe_acc"] for r in runs if r["mode"] == "uniform"}
     for key, accs in groups.items():
         if key[0] == "uniform":
             continue
         mean = float(np.mean(accs))
         worst = float(np.min(accs))
+        stats = _versus_uniform(
+            [r for r in runs if (r["mode"], *_config_of(r)) == key], uniform_accs, uniform_by_seed
+        )
         what = (
             f"Pruning T_w={key[1]}, T_s={key[2]}, rho={key[3]}, eta={key[4]}"
             + (f", dedup={key[5]}" if key[5] not in (None, "-") else "")
@@ -905,19 +909,48 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
         lines.append(
             f"- {what}: mean probe {mean:.4f} over {len(accs)} seed(s) vs uniform {uniform:.4f} "
             f"({(mean - uniform) * 100:+.1f} pt; "
-            + ("every seed above every uniform seed)." if beats else "seeds overlap uniform's).")
+            + ("every seed above every uniform seed" if beats else "seeds overlap uniform's")
+            + (f"; {stats['text']})." if stats else ").")
         )
         if key[0] == "pruning":
             tried += 1
             better += beats
+            significant += bool(stats and stats["p_welch"] < 0.05)
     lines += [
-        f"- Verdict: dynamic pruning beat uniform sampling at equal images seen (every pruning "
-        f"seed above every uniform seed) in {better} of {tried} setting(s) tried on this pool.",
+        f"- Verdict: dynamic pruning beat uniform sampling at equal images seen in {better} of "
+        f"{tried} setting(s) tried on this pool by the strict rule (every pruning seed above "
+        f"every uniform seed), in {significant} of {tried} by a one-sided Welch t-test at "
+        "p < 0.05 (at least 3 seeds each).",
         "- Equal compute is counted in training images; the refreshes (embedding the pool "
         "and clustering) are extra and listed.",
         "",
     ]
     return lines
+
+
+def _versus_uniform(
+    group: list[dict[str, Any]], uniform: list[float], uniform_by_seed: dict[int, float]
+) -> dict[str, Any] | None:
+    """Welch's one-sided t-test (group > uniform) and the seed-paired differences (a seed
+    fixes the initial weights), for groups and uniform runs of at least 3 seeds."""
+    from scipy import stats
+
+    accs = [r["probe_acc"] for r in group]
+    if len(accs) < 3 or len(uniform) < 3:
+        return None
+    p_welch = float(stats.ttest_ind(accs, uniform, equal_var=False, alternative="greater").pvalue)
+    diffs = [
+        r["probe_acc"] - uniform_by_seed[r["seed"]] for r in group if r["seed"] in uniform_by_seed
+    ]
+    above = sum(d > 0 for d in diffs)
+    text = f"Welch p = {p_welch:.3f}"
+    if diffs:
+        sd = float(np.std(diffs, ddof=1)) * 100 if len(diffs) > 1 else 0.0
+        text += (
+            f"; paired by seed: {np.mean(diffs) * 100:+.1f} +- {sd:.1f} pt, "
+            f"above uniform in {above} of {len(diffs)} seeds"
+        )
+    return {"p_welch": p_welch, "paired_above": above, "paired_n": len(diffs), "text": text}
 
 
 def _config_of(run: dict[str, Any]) -> tuple[Any, ...]:
