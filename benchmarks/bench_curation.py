@@ -888,7 +888,7 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
         f"- Uniform: mean probe {uniform:.4f} over {len(uniform_accs)} seed(s) "
         f"(spread {spread:.1f} pt)."
     )
-    better = significant = 0
+    better = significant = paired = 0
     tried = 0
     uniform_by_seed = {r["seed"]: r["probe_acc"] for r in runs if r["mode"] == "uniform"}
     for key, accs in groups.items():
@@ -916,11 +916,13 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
             tried += 1
             better += beats
             significant += bool(stats and stats["p_welch"] < 0.05)
+            paired += bool(stats and stats["p_paired"] < 0.05)
     lines += [
         f"- Verdict: dynamic pruning beat uniform sampling at equal images seen in {better} of "
         f"{tried} setting(s) tried on this pool by the strict rule (every pruning seed above "
-        f"every uniform seed), in {significant} of {tried} by a one-sided Welch t-test at "
-        "p < 0.05 (at least 3 seeds each).",
+        f"every uniform seed), in {significant} of {tried} by a one-sided Welch t-test and in "
+        f"{paired} of {tried} by a one-sided paired t-test over seeds (a seed fixes the initial "
+        "weights and the warm-up), each at p < 0.05 with at least 3 seeds.",
         "- Equal compute is counted in training images; the refreshes (embedding the pool "
         "and clustering) are extra and listed.",
         "",
@@ -944,13 +946,21 @@ def _versus_uniform(
     ]
     above = sum(d > 0 for d in diffs)
     text = f"Welch p = {p_welch:.3f}"
-    if diffs:
-        sd = float(np.std(diffs, ddof=1)) * 100 if len(diffs) > 1 else 0.0
+    p_paired = float("nan")
+    if len(diffs) >= 3:
+        p_paired = float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)
         text += (
-            f"; paired by seed: {np.mean(diffs) * 100:+.1f} +- {sd:.1f} pt, "
-            f"above uniform in {above} of {len(diffs)} seeds"
+            f"; paired by seed: {np.mean(diffs) * 100:+.2f} +- "
+            f"{np.std(diffs, ddof=1) * 100:.2f} pt, above uniform in {above} of {len(diffs)} "
+            f"seeds, paired t-test p = {p_paired:.3f}"
         )
-    return {"p_welch": p_welch, "paired_above": above, "paired_n": len(diffs), "text": text}
+    return {
+        "p_welch": p_welch,
+        "p_paired": p_paired,
+        "paired_above": above,
+        "paired_n": len(diffs),
+        "text": text,
+    }
 
 
 def _config_of(run: dict[str, Any]) -> tuple[Any, ...]:
