@@ -838,6 +838,69 @@ def render() -> list[str]:
     return lines
 
 
+def _group_name(key: tuple[Any, ...]) -> str:
+    if key[0] == "uniform":
+        return "uniform"
+    if key[0] == "oracle":
+        return f"oracle rho={key[3]}"
+    name = f"pruning T_w={key[1]} T_s={key[2]} rho={key[3]} eta={key[4]}"
+    return name + (f" dedup={key[5]}" if key[5] not in (None, "-") else "")
+
+
+def _short_name(name: str) -> str:
+    """A group name on short lines, for tick labels: mode, settings, dedup."""
+    mode, _, settings = name.partition(" ")
+    words = settings.split()
+    lines = [mode] + [" ".join(words[i : i + 2]) for i in range(0, len(words), 2)]
+    return "\n".join(lines)
+
+
+def plot_pruning(pruning: dict[str, Any]) -> Path:
+    """Probe accuracy per seed for each setting (left) and the seed-paired difference to
+    uniform (right); written to ``benchmarks/curation_pruning_<pool>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[Any, ...], dict[int, float]] = {}
+    for r in pruning["runs"]:
+        groups.setdefault((r["mode"], *_config_of(r)), {})[r["seed"]] = r["probe_acc"]
+    uniform = groups.get(("uniform", "-", "-", "-", "-", "-"), {})
+    order = sorted(groups, key=lambda k: ({"uniform": 0, "pruning": 1, "oracle": 2}[k[0]], str(k)))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    paired: list[tuple[str, list[float]]] = []
+    for i, key in enumerate(order):
+        seeds = sorted(groups[key])
+        accs = [groups[key][s] * 100 for s in seeds]
+        a.plot(seeds, accs, "o-" if key[0] == "uniform" else "o--", ms=4, lw=0.8, color=f"C{i}")
+        a.axhline(np.mean(accs), color=f"C{i}", lw=0.6, alpha=0.6)
+        diffs = [(groups[key][s] - uniform[s]) * 100 for s in seeds if s in uniform]
+        if key[0] != "uniform" and diffs:
+            paired.append((_group_name(key), diffs))
+        a.plot([], [], "o-", color=f"C{i}", label=f"{_group_name(key)} ({len(seeds)} seeds)")
+    a.set_xlabel("seed")
+    a.xaxis.get_major_locator().set_params(integer=True)
+    a.set_ylabel("linear probe accuracy (%)")
+    a.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    rng = np.random.default_rng(0)
+    for j, (name, diffs) in enumerate(paired):
+        colour = f"C{order.index(next(k for k in order if _group_name(k) == name))}"
+        b.plot(j + rng.uniform(-0.12, 0.12, len(diffs)), diffs, "o", ms=4, color=colour)
+        b.plot([j - 0.25, j + 0.25], [np.mean(diffs)] * 2, "k-", lw=1.5)
+    b.axhline(0, color="grey", lw=0.8, ls=":")
+    b.set_xticks(range(len(paired)), [_short_name(n) for n, _ in paired], fontsize=6.5)
+    b.set_ylabel("minus uniform, same seed (pt)")
+    fig.suptitle(f"dynamic pruning vs uniform sampling, `{pruning['pool']}`", fontsize=9)
+    fig.tight_layout()
+    path = REPO / "benchmarks" / f"curation_pruning_{pruning['pool']}.png"
+    if STATE["tag"]:
+        path = CWORK / f"{path.stem}{STATE['tag']}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
     runs = pruning["runs"]
     steps = sorted({r.get("steps_asked", r["steps"]) for r in runs})
@@ -925,6 +988,8 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
         "weights and the warm-up), each at p < 0.05 with at least 3 seeds.",
         "- Equal compute is counted in training images; the refreshes (embedding the pool "
         "and clustering) are extra and listed.",
+        "",
+        f"![pruning vs uniform, {pruning['pool']}]({_relative(plot_pruning(pruning))})",
         "",
     ]
     return lines
