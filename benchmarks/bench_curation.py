@@ -863,10 +863,8 @@ def plot_pruning(pruning: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[Any, ...], dict[int, float]] = {}
-    for r in pruning["runs"]:
-        groups.setdefault((r["mode"], *_config_of(r)), {})[r["seed"]] = r["probe_acc"]
-    uniform = groups.get(("uniform", "-", "-", "-", "-", "-"), {})
+    groups = _probe_by_setting(pruning["runs"])
+    uniform = groups.get(UNIFORM, {})
     order = sorted(groups, key=lambda k: ({"uniform": 0, "pruning": 1, "oracle": 2}[k[0]], str(k)))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     paired: list[tuple[str, list[float]]] = []
@@ -935,10 +933,9 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
             f"{r.get('refreshes', 0)} | {'-' if ent is None else f'{ent:.3f}'} | "
             f"{r['probe_acc']:.4f} |"
         )
-    groups: dict[tuple[Any, ...], list[float]] = {}
-    for r in runs:
-        groups.setdefault((r["mode"], *_config_of(r)), []).append(r["probe_acc"])
-    uniform_accs = groups.get(("uniform", "-", "-", "-", "-", "-"), [])
+    groups = _probe_by_setting(runs)
+    uniform_by_seed = groups.get(UNIFORM, {})
+    uniform_accs = list(uniform_by_seed.values())
     uniform = float(np.mean(uniform_accs)) if uniform_accs else float("nan")
     spread = float(np.ptp(uniform_accs) * 100) if len(uniform_accs) > 1 else float("nan")
     lines += [""]
@@ -953,15 +950,13 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
     )
     better = significant = paired = 0
     tried = 0
-    uniform_by_seed = {r["seed"]: r["probe_acc"] for r in runs if r["mode"] == "uniform"}
-    for key, accs in groups.items():
+    for key, by_seed in groups.items():
         if key[0] == "uniform":
             continue
+        accs = list(by_seed.values())
         mean = float(np.mean(accs))
         worst = float(np.min(accs))
-        stats = _versus_uniform(
-            [r for r in runs if (r["mode"], *_config_of(r)) == key], uniform_accs, uniform_by_seed
-        )
+        stats = _versus_uniform(by_seed, uniform_by_seed)
         what = (
             f"Pruning T_w={key[1]}, T_s={key[2]}, rho={key[3]}, eta={key[4]}"
             + (f", dedup={key[5]}" if key[5] not in (None, "-") else "")
@@ -995,20 +990,27 @@ def _render_pruning(pruning: dict[str, Any], about: str) -> list[str]:
     return lines
 
 
-def _versus_uniform(
-    group: list[dict[str, Any]], uniform: list[float], uniform_by_seed: dict[int, float]
-) -> dict[str, Any] | None:
-    """Welch's one-sided t-test (group > uniform) and the seed-paired differences (a seed
-    fixes the initial weights), for groups and uniform runs of at least 3 seeds."""
+def _probe_by_setting(runs: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[int, float]]:
+    """Probe accuracy by seed for each setting ``(mode, *_config_of(run))``, in run order."""
+    groups: dict[tuple[Any, ...], dict[int, float]] = {}
+    for r in runs:
+        groups.setdefault((r["mode"], *_config_of(r)), {})[r["seed"]] = r["probe_acc"]
+    return groups
+
+
+def _versus_uniform(by_seed: dict[int, float], uniform: dict[int, float]) -> dict[str, Any] | None:
+    """Welch's one-sided t-test (setting > uniform) and the seed-paired differences (a seed
+    fixes the initial weights), for settings and uniform runs of at least 3 seeds each;
+    both arguments map seed -> probe accuracy."""
     from scipy import stats
 
-    accs = [r["probe_acc"] for r in group]
-    if len(accs) < 3 or len(uniform) < 3:
+    accs, uniform_accs = list(by_seed.values()), list(uniform.values())
+    if len(accs) < 3 or len(uniform_accs) < 3:
         return None
-    p_welch = float(stats.ttest_ind(accs, uniform, equal_var=False, alternative="greater").pvalue)
-    diffs = [
-        r["probe_acc"] - uniform_by_seed[r["seed"]] for r in group if r["seed"] in uniform_by_seed
-    ]
+    p_welch = float(
+        stats.ttest_ind(accs, uniform_accs, equal_var=False, alternative="greater").pvalue
+    )
+    diffs = [acc - uniform[seed] for seed, acc in by_seed.items() if seed in uniform]
     above = sum(d > 0 for d in diffs)
     text = f"Welch p = {p_welch:.3f}"
     p_paired = float("nan")
@@ -1026,6 +1028,10 @@ def _versus_uniform(
         "paired_n": len(diffs),
         "text": text,
     }
+
+
+#: The setting key of uniform runs (see ``_probe_by_setting``).
+UNIFORM = ("uniform", "-", "-", "-", "-", "-")
 
 
 def _config_of(run: dict[str, Any]) -> tuple[Any, ...]:
