@@ -169,8 +169,7 @@ def make_config(case: str, args: argparse.Namespace) -> tuple[Any, int, int]:
             "data.num_workers=0",
             "data.persistent_workers=false",
             "data.pin_memory=false",
-            "trainer.accelerator=cpu",
-            "trainer.strategy=auto",
+            "trainer.accelerator=cpu",  # the FSDP case keeps FSDP2 (one gloo process)
             "trainer.num_threads=1",
         ]
     return load_config(REPO / "configs" / f"{method}_tiny.yaml", overrides), warmup, steps
@@ -351,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-smoke",
         action="store_true",
-        help="run the GPU code path on the CPU (vit_test, batch 2, no FSDP); writes nothing",
+        help="the GPU code path on the CPU (vit_test, batch 2, FSDP on 1 process); writes nothing",
     )
     return parser.parse_args(argv)
 

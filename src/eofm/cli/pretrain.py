@@ -75,8 +75,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         result = run_pretraining(config, resume=args.resume)
     except TrainingInterrupted as err:
-        print(f"eofm: {err}", file=sys.stderr)
+        if err.rank == 0:
+            print(f"eofm: {err}", file=sys.stderr)
         return 130
+    if result.global_rank != 0:
+        return 0  # one summary per run, from rank 0
     print(f"run:        {result.run_dir}")
     print(f"steps:      {result.global_step}")
     if result.final_loss is not None:

@@ -321,6 +321,9 @@ class DynamicPruning(Callback):
         if method is None:
             raise ConfigError("DynamicPruning needs a module with a .method (eofm PretrainModule)")
         if self.cfg.embedding == "backbone":
+            student = getattr(method, "embed_student", None)
+            if callable(student):  # through the method: FSDP gathers its parameters
+                return student
             backbone = method.backbone
 
             def run(x: torch.Tensor) -> torch.Tensor:

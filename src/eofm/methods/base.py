@@ -89,6 +89,12 @@ class SSLMethod(nn.Module):
         out: Tensor = self.backbone(images)
         return out
 
+    @torch.no_grad()
+    def embed_student(self, images: Tensor) -> Tensor:
+        """Pooled embeddings of the backbone being trained (``embed`` may use a teacher)."""
+        out: Tensor = self.backbone(images)
+        return out
+
 
 _METHODS: dict[str, Callable[..., SSLMethod]] = {}
 

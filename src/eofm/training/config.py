@@ -86,8 +86,8 @@ class ModelConfig:
     img_size: int | None = None
     #: Checkpoint to start from (continual pretraining); ``None``: from scratch.
     pretrained: str | None = None
-    #: Recompute activations in the backward pass (timm ``set_grad_checkpointing``; with FSDP,
-    #: Lightning's activation checkpointing of the transformer blocks).
+    #: Recompute activations in the backward pass (timm ``set_grad_checkpointing``, with every
+    #: strategy, FSDP included).
     activation_checkpointing: bool = False
     drop_path_rate: float | None = None
     #: Extra keyword arguments for ``create_backbone`` (timm options).
@@ -140,7 +140,8 @@ class TrainerConfig:
     num_nodes: int = 1
     #: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ``ddp_find_unused_parameters_true``...
     strategy: str = "auto"
-    #: Keyword arguments for the DDP/FSDP strategy (e.g. ``sharding_strategy``).
+    #: Keyword arguments for the DDP strategy, or FSDP options (``ShardingOptions``:
+    #: ``reshard_after_forward``, ``param_dtype``, ``reduce_dtype``, ``cpu_offload``).
     strategy_options: dict[str, Any] = field(default_factory=dict)
     #: ``32-true``, ``bf16-mixed``, ``16-mixed`` (GPU), ``bf16-true``.
     precision: str = "32-true"

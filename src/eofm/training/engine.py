@@ -47,6 +47,7 @@ from eofm.training.module import (
     ThroughputMonitor,
     remove_partial_checkpoints,
 )
+from eofm.training.sharding import FSDPStrategy, ShardingOptions, is_sharded
 
 __all__ = [
     "RunResult",
@@ -71,6 +72,8 @@ STRATEGIES = (
     "fsdp",
     "single_device",
 )
+#: Precisions Lightning's ModelParallelStrategy (FSDP2) accepts.
+FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 #: Lightning warnings that do not apply to this engine.
 _QUIET = (
@@ -85,9 +88,11 @@ _QUIET = (
 class TrainingInterrupted(EofmError, KeyboardInterrupt):
     """Training was stopped by SIGINT/SIGTERM; ``checkpoint`` is where to resume from."""
 
-    def __init__(self, checkpoint: Path | None, step: int) -> None:
+    def __init__(self, checkpoint: Path | None, step: int, rank: int = 0) -> None:
         self.checkpoint = checkpoint
         self.step = step
+        #: The process's rank (each process of a multi-device run raises its own).
+        self.rank = rank
         where = f"; resume from {checkpoint} with --resume last" if checkpoint else ""
         super().__init__(f"training interrupted at step {step}{where}")
 
@@ -105,6 +110,8 @@ class RunResult:
     images_per_s: float | None = None
     wall_time_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    #: This process's rank (each process of a multi-device run returns its own result).
+    global_rank: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +144,13 @@ def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> Non
         raise ConfigError(
             f"trainer.precision={t.precision!r} needs a GPU; on CPU use bf16-mixed or 32-true"
         )
-    if on_cpu and t.strategy == "fsdp":
-        raise ConfigError("trainer.strategy=fsdp needs GPUs; on CPU use ddp or ddp_spawn")
+    if t.strategy == "fsdp":
+        if t.precision not in FSDP_PRECISIONS:
+            raise ConfigError(
+                f"trainer.precision={t.precision!r} does not work with trainer.strategy=fsdp; "
+                f"use one of {', '.join(FSDP_PRECISIONS)}"
+            )
+        ShardingOptions.from_config(t.strategy_options, t.precision)  # names unknown options
     if t.max_steps <= 0 and t.max_epochs is None and t.max_time_s is None:
         raise ConfigError("set trainer.max_steps, trainer.max_epochs or trainer.max_time_s")
     if t.checkpoint_every_n_steps < 1:
@@ -281,38 +293,24 @@ def build_method(config: PretrainConfig, backbone: nn.Module) -> SSLMethod:
     return method
 
 
-def _block_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """Transformer/residual block classes of a timm model (FSDP wrapping, checkpointing)."""
-    names = {
-        "Block",
-        "ParallelThingsBlock",
-        "ParallelScalingBlock",
-        "SwinTransformerBlock",
-        "SwinTransformerV2Block",
-        "Bottleneck",
-        "BasicBlock",
-    }
-    return {type(m) for m in model.modules() if type(m).__name__ in names}
+def _backbone_options(config: PretrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``create_backbone`` beyond the bands and image size."""
+    opts = dict(config.model.options)
+    if config.model.drop_path_rate is not None:
+        opts["drop_path_rate"] = config.model.drop_path_rate
+    return opts
 
 
-def _strategy(config: PretrainConfig, backbone: nn.Module) -> Any:
+def _strategy(config: PretrainConfig) -> Any:
     t = config.trainer
-    if t.strategy != "fsdp":
-        if t.strategy_options and t.strategy.startswith("ddp"):
-            from lightning.pytorch.strategies import DDPStrategy
+    if t.strategy == "fsdp":
+        return FSDPStrategy()
+    if t.strategy_options and t.strategy.startswith("ddp"):
+        from lightning.pytorch.strategies import DDPStrategy
 
-            start: Literal["popen", "spawn"] = "spawn" if "spawn" in t.strategy else "popen"
-            return DDPStrategy(start_method=start, **t.strategy_options)
-        return t.strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    blocks = _block_classes(getattr(backbone, "model", backbone))
-    opts: dict[str, Any] = {"use_orig_params": True, **t.strategy_options}
-    if blocks:
-        opts.setdefault("auto_wrap_policy", blocks)
-        if config.model.activation_checkpointing:
-            opts.setdefault("activation_checkpointing_policy", blocks)
-    return FSDPStrategy(**opts)
+        start: Literal["popen", "spawn"] = "spawn" if "spawn" in t.strategy else "popen"
+        return DDPStrategy(start_method=start, **t.strategy_options)
+    return t.strategy
 
 
 def _loggers(config: PretrainConfig, run_dir: Path) -> list[Any]:
@@ -388,7 +386,7 @@ def _export(
     """Export the encoder from the saved (full) checkpoint: works for every strategy."""
     import copy
 
-    from eofm.models import Backbone, export_model
+    from eofm.models import Backbone, create_backbone, export_model
 
     exported = getattr(module.method, "export_backbone", None)
     source = exported() if callable(exported) else module.method.backbone
@@ -396,7 +394,16 @@ def _export(
         raise ConfigError(f"the {config.method.name} encoder is not an eofm Backbone")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     sub = {k[len(export_prefix) :]: v for k, v in state.items() if k.startswith(export_prefix)}
-    backbone = copy.deepcopy(source).cpu().float()
+    if is_sharded(source):  # FSDP: a whole copy of the same architecture
+        backbone = create_backbone(
+            source.arch,
+            bands=list(source.bands),
+            sensor=source.sensor,
+            img_size=source.img_size,
+            **source.overrides,
+        ).float()
+    else:
+        backbone = copy.deepcopy(source).cpu().float()
     backbone.load_state_dict(sub, strict=True)
     return export_model(
         backbone,
@@ -456,9 +463,7 @@ def run_pretraining(
         raise ConfigError("curation: dynamic pruning needs map-style data; set data.iterable=false")
 
     # model and method
-    opts = dict(config.model.options)
-    if config.model.drop_path_rate is not None:
-        opts["drop_path_rate"] = config.model.drop_path_rate
+    opts = _backbone_options(config)
     from eofm.methods.registry import import_all
 
     import_all()
@@ -474,7 +479,7 @@ def run_pretraining(
         pretrained=config.model.pretrained,
         **opts,
     )
-    if config.model.activation_checkpointing and t.strategy != "fsdp":
+    if config.model.activation_checkpointing:
         setter = getattr(backbone.model, "set_grad_checkpointing", None)
         if callable(setter):
             setter(True)
@@ -500,6 +505,11 @@ def run_pretraining(
         config=cfg_dict,
         nonfinite=t.nonfinite_loss,
         max_nonfinite_skips=t.max_nonfinite_skips,
+        sharding=(
+            ShardingOptions.from_config(t.strategy_options, t.precision)
+            if t.strategy == "fsdp"
+            else None
+        ),
     )
     exported = getattr(method, "export_backbone", None)
     export_module = exported() if callable(exported) else method.backbone
@@ -527,7 +537,7 @@ def run_pretraining(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=_strategy(config, backbone),
+        strategy=_strategy(config),
         precision=t.precision,  # type: ignore[arg-type]
         max_steps=t.max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
@@ -567,7 +577,9 @@ def run_pretraining(
                 weights_only=True if ckpt_path else None,
             )
     except SystemExit:  # Lightning exits after Ctrl-C; SIGTERM raises SIGTERMException
-        raise TrainingInterrupted(interrupt.saved, trainer.global_step) from None
+        raise TrainingInterrupted(
+            interrupt.saved, trainer.global_step, trainer.global_rank
+        ) from None
     except NonFiniteLossError as err:  # nothing was saved from the bad step
         raise NonFiniteLossError(
             err.reason, err.step, checkpoint=_last_good_checkpoint(ckpt_dir)
@@ -583,7 +595,7 @@ def run_pretraining(
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT after a Ctrl-C
     if trainer.interrupted:
-        raise TrainingInterrupted(interrupt.saved, trainer.global_step)
+        raise TrainingInterrupted(interrupt.saved, trainer.global_step, trainer.global_rank)
 
     last = ckpt_dir / "last.ckpt"
     (ckpt_dir / "interrupted.ckpt").unlink(missing_ok=True)
@@ -605,4 +617,5 @@ def run_pretraining(
         images_per_s=throughput.mean_rate,
         wall_time_s=(datetime.datetime.now() - started).total_seconds(),
         metrics=metrics,
+        global_rank=int(trainer.global_rank),
     )

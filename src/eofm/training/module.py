@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,7 @@ from eofm.errors import ConfigError, NonFiniteLossError
 from eofm.methods.base import SSLMethod
 from eofm.methods.heads import cosine_schedule
 from eofm.training.config import OptimConfig
+from eofm.training.sharding import ShardingOptions, is_sharded, shard_method
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -135,6 +139,7 @@ class PretrainModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         nonfinite: str = "stop",
         max_nonfinite_skips: int = 5,
+        sharding: ShardingOptions | None = None,
     ) -> None:
         super().__init__()
         if nonfinite not in ("stop", "skip"):
@@ -152,8 +157,21 @@ class PretrainModule(pl.LightningModule):
         self.consecutive_skips = 0
         self._skip_update = False
         self._generator: torch.Generator | None = None
+        #: FSDP2 options (``trainer.strategy: fsdp``); ``None``: the method is not sharded.
+        self.sharding = sharding
         if config is not None:
             self.save_hyperparameters(config)
+
+    # -- sharding ----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer.strategy: fsdp``), shard the method with
+        FSDP2 over the data-parallel mesh; other strategies leave it whole."""
+        if self.sharding is None or is_sharded(self.method):
+            return
+        mesh = self.device_mesh
+        if mesh is None:
+            raise ConfigError("FSDP sharding needs Lightning's ModelParallelStrategy")
+        shard_method(self.method, mesh["data_parallel"], self.sharding)
 
     # -- data on the device ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -263,7 +281,7 @@ class PretrainModule(pl.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=batch_size)
         # a finite zero that reaches every trainable parameter: DDP's gradient hooks all fire,
         # and the gradients (zeros, not NaN) are discarded before the optimiser step
-        params = [p for p in self.method.parameters() if p.requires_grad]
+        params = [_local(p) for p in self.method.parameters() if p.requires_grad]
         zero = sum((p.sum() * 0.0 for p in params), torch.zeros((), device=loss.device))
         return zero
 
@@ -324,6 +342,12 @@ class PretrainModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def _local(p: Tensor) -> Tensor:
+    """This rank's shard of an FSDP2 parameter (a ``DTensor``); other tensors unchanged."""
+    to_local = getattr(p, "to_local", None)
+    return to_local() if callable(to_local) else p
 
 
 class ThroughputMonitor(Callback):
@@ -474,16 +498,88 @@ class FinalCheckpoint(Callback):
 
 
 class InterruptCheckpoint(Callback):
-    """On Ctrl-C (SIGINT) or SIGTERM, save ``interrupted.ckpt`` to resume from."""
+    """On Ctrl-C (SIGINT) or SIGTERM, finish the current step, save ``interrupted.ckpt`` and
+    stop; a second signal stops at once.
+
+    The signal handlers only set a flag. At the end of every step the ranks agree, with one
+    scalar all-reduce, whether any of them was signalled. They then stop after the same step
+    and save together, because saving is collective under DDP and FSDP. A collective run from
+    inside a signal handler, as Lightning's own SIGTERM handler does, can deadlock a sharded
+    run. A second signal raises ``KeyboardInterrupt``. With several processes it saves
+    nothing, since the ranks may be at different points; the last periodic checkpoint remains.
+    """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted.ckpt") -> None:
         self.path = Path(dirpath) / filename
         self.saved: Path | None = None
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        self._rank = 0
 
+    # -- signals ------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.requested = False
+        self._rank = int(trainer.global_rank)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._rank != 0:
+            return
+        name = signal.Signals(signum).name
+        print(
+            f"eofm: {name} received; stopping after this step with a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stop = self.requested
+        if trainer.world_size > 1:  # every rank stops after the same step
+            flag = torch.tensor(float(stop), device=pl_module.device)
+            stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
+        if stop:
+            self.requested = True
+            # Lightning raises SIGTERMException (a SystemExit) at the end of this step
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    # -- the checkpoint -----------------------------------------------------------------------
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        self._restore()
         if not isinstance(exception, (KeyboardInterrupt, SystemExit)):
+            return
+        if isinstance(exception, KeyboardInterrupt) and trainer.world_size > 1:
+            rank_zero_info(
+                f"stopped at once at step {trainer.global_step}, without a checkpoint (the "
+                "ranks may be mid-step); --resume last continues from the last periodic one"
+            )
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self.saved = self.path
