@@ -65,6 +65,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--methods", "mae,simclr", "--steps", "2"],
         "peak RSS of pretraining ViT-S/16 at 64 px, batch 64, on the CPU",
     ),
+    "fsdp": (
+        "bench_fsdp",
+        [],
+        ["--backbone", "vit_base_patch16", "--steps", "2"],
+        "memory per rank of FSDP vs DDP, ViT-L/16 MAE on 2 CPU processes",
+    ),
     "gpu": (
         "bench_gpu",
         [],
