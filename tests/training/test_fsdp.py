@@ -101,6 +101,15 @@ def test_sharding_options_from_the_config() -> None:
         ShardingOptions.from_config({"param_dtype": "int8"}, "32-true")
 
 
+def test_old_torch_or_lightning_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eofm.training.sharding import check_fsdp_support
+
+    check_fsdp_support()  # the installed versions have FSDP2
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(ConfigError, match=r"needs torch >= 2.6 .*found torch 2.5.1"):
+        check_fsdp_support()
+
+
 def test_fsdp_config_checks(tmp_path: Path) -> None:
     base = [f"output.dir={tmp_path}", "trainer.strategy=fsdp", "trainer.accelerator=cpu"]
     base += ["trainer.max_steps=2"]

@@ -47,7 +47,12 @@ from eofm.training.module import (
     ThroughputMonitor,
     remove_partial_checkpoints,
 )
-from eofm.training.sharding import FSDPStrategy, ShardingOptions, is_sharded
+from eofm.training.sharding import (
+    ShardingOptions,
+    check_fsdp_support,
+    fsdp_strategy,
+    is_sharded,
+)
 
 __all__ = [
     "RunResult",
@@ -145,6 +150,7 @@ def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> Non
             f"trainer.precision={t.precision!r} needs a GPU; on CPU use bf16-mixed or 32-true"
         )
     if t.strategy == "fsdp":
+        check_fsdp_support()
         if t.precision not in FSDP_PRECISIONS:
             raise ConfigError(
                 f"trainer.precision={t.precision!r} does not work with trainer.strategy=fsdp; "
@@ -304,7 +310,7 @@ def _backbone_options(config: PretrainConfig) -> dict[str, Any]:
 def _strategy(config: PretrainConfig) -> Any:
     t = config.trainer
     if t.strategy == "fsdp":
-        return FSDPStrategy()
+        return fsdp_strategy()
     if t.strategy_options and t.strategy.startswith("ddp"):
         from lightning.pytorch.strategies import DDPStrategy
 

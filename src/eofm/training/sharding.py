@@ -18,16 +18,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from eofm.errors import ConfigError
 
 __all__ = [
     "FORWARD_METHODS",
-    "FSDPStrategy",
     "ShardingOptions",
     "block_classes",
+    "check_fsdp_support",
+    "fsdp_strategy",
     "is_sharded",
     "shard_method",
 ]
@@ -146,15 +146,31 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
-class FSDPStrategy(ModelParallelStrategy):
+def _version(text: str) -> tuple[int, int]:
+    major, minor = [*text.split("+")[0].split("."), "0"][:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def check_fsdp_support() -> None:
+    """A clear error when the installed torch or Lightning predates FSDP2."""
+    import lightning
+
+    if _version(torch.__version__) < (2, 6) or _version(lightning.__version__) < (2, 4):
+        raise ConfigError(
+            "trainer.strategy=fsdp (FSDP2) needs torch >= 2.6 and lightning >= 2.4; found "
+            f"torch {torch.__version__}, lightning {lightning.__version__}"
+        )
+
+
+def fsdp_strategy() -> Any:
     """Lightning's ``ModelParallelStrategy`` as pure FSDP2: one data-parallel mesh over every
     process, no tensor parallelism, and checkpoints as one full file (not a folder)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("save_distributed_checkpoint", False)
-        super().__init__(**kwargs)
+    class FSDPStrategy(ModelParallelStrategy):
+        def setup_environment(self) -> None:
+            self._data_parallel_size = self.num_processes * self.num_nodes
+            self._tensor_parallel_size = 1
+            super().setup_environment()
 
-    def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_processes * self.num_nodes
-        self._tensor_parallel_size = 1
-        super().setup_environment()
+    return FSDPStrategy(save_distributed_checkpoint=False)
