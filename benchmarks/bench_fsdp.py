@@ -32,16 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import results_file
+from bench_memory import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## FSDP memory (CPU)"
 SCRIPT = "bench_fsdp.py"
 STRATEGIES = ("ddp", "fsdp")
 WORLD = 2
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    return results_file.status_mib(field, float("nan"))
 
 
 def _local_bytes(tensors: Any) -> int:

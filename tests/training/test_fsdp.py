@@ -25,6 +25,7 @@ from eofm.models import create_backbone, load_model
 from eofm.training import load_config
 from eofm.training.engine import validate_config
 from eofm.training.sharding import ShardingOptions, is_sharded, shard_method
+from tests.training.test_engine import weights
 
 REPO = Path(__file__).resolve().parents[2]
 #: A short run of a tiny recipe on 2 CPU processes.
@@ -141,11 +142,6 @@ def _run(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = torch.load(ckpt, weights_only=True)["state_dict"]
-    return state
-
-
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -180,9 +176,9 @@ def test_fsdp_trains_as_ddp_does(
         stdout = _run(_cli(recipe, out, f"trainer.strategy={strategy}", *extra))
         assert stdout.count("steps:      6") == 1  # one summary, from rank 0
         runs[strategy] = out
-    fsdp, ddp = (_state(runs[s] / "checkpoints" / "last.ckpt") for s in ("fsdp", "ddp"))
+    fsdp, ddp = (weights(runs[s] / "checkpoints" / "last.ckpt") for s in ("fsdp", "ddp"))
     assert _max_diff(fsdp, ddp) < 1e-6  # the same weights, whether sharded or replicated
-    start = _state(runs["fsdp"] / "checkpoints" / "step=0000004.ckpt")
+    start = weights(runs["fsdp"] / "checkpoints" / "step=0000004.ckpt")
     assert _max_diff(fsdp, start) > 1e-4  # and the run did train
     model = load_model(runs["fsdp"] / "model.safetensors")  # exported whole from the shards
     assert not is_sharded(model)
@@ -254,7 +250,7 @@ def test_fsdp_skips_the_updates_of_non_finite_steps(tmp_path: Path) -> None:
     stdout = _run([sys.executable, str(driver), str(tmp_path)])
     assert "steps 10" in stdout
     ckpts = tmp_path / "skip" / "checkpoints"
-    after = {n: _state(ckpts / f"step={n:07d}.ckpt") for n in (4, 5, 6, 7)}
+    after = {n: weights(ckpts / f"step={n:07d}.ckpt") for n in (4, 5, 6, 7)}
     assert _max_diff(after[4], after[5]) > 0  # step 4 trained
     assert _max_diff(after[5], after[6]) == 0.0  # steps 5 and 6 were non-finite: no update
     assert _max_diff(after[6], after[7]) == 0.0

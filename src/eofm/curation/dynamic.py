@@ -320,19 +320,8 @@ class DynamicPruning(Callback):
         method = getattr(pl_module, "method", None)
         if method is None:
             raise ConfigError("DynamicPruning needs a module with a .method (eofm PretrainModule)")
-        if self.cfg.embedding == "backbone":
-            student = getattr(method, "embed_student", None)
-            if callable(student):  # through the method: FSDP gathers its parameters
-                return student
-            backbone = method.backbone
-
-            def run(x: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    out: torch.Tensor = backbone(x)
-                return out
-
-            return run
-        return method.embed
+        # through the method's own functions, around which FSDP gathers the parameters
+        return method.embed_student if self.cfg.embedding == "backbone" else method.embed
 
     def refresh(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, log: bool = True

@@ -299,14 +299,6 @@ def build_method(config: PretrainConfig, backbone: nn.Module) -> SSLMethod:
     return method
 
 
-def _backbone_options(config: PretrainConfig) -> dict[str, Any]:
-    """Keyword arguments of ``create_backbone`` beyond the bands and image size."""
-    opts = dict(config.model.options)
-    if config.model.drop_path_rate is not None:
-        opts["drop_path_rate"] = config.model.drop_path_rate
-    return opts
-
-
 def _strategy(config: PretrainConfig) -> Any:
     t = config.trainer
     if t.strategy == "fsdp":
@@ -469,7 +461,9 @@ def run_pretraining(
         raise ConfigError("curation: dynamic pruning needs map-style data; set data.iterable=false")
 
     # model and method
-    opts = _backbone_options(config)
+    opts = dict(config.model.options)
+    if config.model.drop_path_rate is not None:
+        opts["drop_path_rate"] = config.model.drop_path_rate
     from eofm.methods.registry import import_all
 
     import_all()

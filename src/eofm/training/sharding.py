@@ -23,9 +23,9 @@ from torch import nn
 from eofm.errors import ConfigError
 
 __all__ = [
+    "BLOCK_NAMES",
     "FORWARD_METHODS",
     "ShardingOptions",
-    "block_classes",
     "check_fsdp_support",
     "fsdp_strategy",
     "is_sharded",
@@ -36,7 +36,8 @@ __all__ = [
 #: root unit's parameters around them, as it does around ``forward``).
 FORWARD_METHODS = ("forward_loss", "embed", "embed_student")
 
-_BLOCK_NAMES = {
+#: timm transformer and residual blocks: each becomes its own FSDP unit.
+BLOCK_NAMES = {
     "Block",
     "ParallelThingsBlock",
     "ParallelScalingBlock",
@@ -53,11 +54,6 @@ _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-
-
-def block_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """Transformer/residual block classes of a timm model (FSDP units, checkpointing)."""
-    return {type(m) for m in model.modules() if type(m).__name__ in _BLOCK_NAMES}
 
 
 @dataclass(frozen=True)
@@ -126,10 +122,9 @@ def shard_method(method: nn.Module, mesh: Any, options: ShardingOptions | None =
 
     opts = options or ShardingOptions()
     kwargs = opts.fully_shard_kwargs()
-    classes = block_classes(method)
     units = 0
     for module in reversed(list(method.modules())):  # children before their parents
-        if module is not method and type(module) in classes:
+        if module is not method and type(module).__name__ in BLOCK_NAMES:
             fully_shard(module, mesh=mesh, **kwargs)
             units += 1
     fully_shard(method, mesh=mesh, **kwargs)
