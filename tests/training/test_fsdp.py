@@ -157,15 +157,21 @@ def simclr_fsdp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("recipe", "extra"),
+    ("recipe", "extra", "fsdp_extra", "tolerance"),
     [
-        ("simclr_tiny", ()),  # negatives gathered across ranks
-        ("dino_tiny", ()),  # EMA teacher, centring buffer, multi-crop
-        ("mae_tiny", ("model.activation_checkpointing=true",)),  # decoder blocks, recompute
+        ("simclr_tiny", (), (), 1e-6),  # negatives gathered across ranks
+        ("dino_tiny", (), (), 1e-6),  # EMA teacher, centring buffer, multi-crop
+        # decoder blocks, recompute, and (FSDP only) compiled blocks: the GPU benchmark's setup
+        ("mae_tiny", ("model.activation_checkpointing=true",), ("model.compile=true",), 1e-5),
     ],
 )
 def test_fsdp_trains_as_ddp_does(
-    tmp_path: Path, recipe: str, extra: tuple[str, ...], request: pytest.FixtureRequest
+    tmp_path: Path,
+    recipe: str,
+    extra: tuple[str, ...],
+    fsdp_extra: tuple[str, ...],
+    tolerance: float,
+    request: pytest.FixtureRequest,
 ) -> None:
     runs = {}
     for strategy in ("ddp", "fsdp"):
@@ -173,11 +179,12 @@ def test_fsdp_trains_as_ddp_does(
         if recipe == "simclr_tiny" and strategy == "fsdp":
             runs[strategy] = request.getfixturevalue("simclr_fsdp")
             continue
-        stdout = _run(_cli(recipe, out, f"trainer.strategy={strategy}", *extra))
+        more = fsdp_extra if strategy == "fsdp" else ()
+        stdout = _run(_cli(recipe, out, f"trainer.strategy={strategy}", *extra, *more))
         assert stdout.count("steps:      6") == 1  # one summary, from rank 0
         runs[strategy] = out
     fsdp, ddp = (weights(runs[s] / "checkpoints" / "last.ckpt") for s in ("fsdp", "ddp"))
-    assert _max_diff(fsdp, ddp) < 1e-6  # the same weights, whether sharded or replicated
+    assert _max_diff(fsdp, ddp) < tolerance  # the same weights, sharded or replicated
     start = weights(runs["fsdp"] / "checkpoints" / "step=0000004.ckpt")
     assert _max_diff(fsdp, start) > 1e-4  # and the run did train
     model = load_model(runs["fsdp"] / "model.safetensors")  # exported whole from the shards

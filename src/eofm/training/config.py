@@ -89,6 +89,12 @@ class ModelConfig:
     #: Recompute activations in the backward pass (timm ``set_grad_checkpointing``, with every
     #: strategy, FSDP included).
     activation_checkpointing: bool = False
+    #: ``torch.compile`` each transformer or residual block in place (regional compilation:
+    #: one graph for all blocks; with every strategy, FSDP and activation checkpointing too).
+    compile: bool = False
+    #: Keyword arguments of ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``, ``backend``,
+    #: ``options``; see ``eofm.training.compilation.CompileOptions``).
+    compile_options: dict[str, Any] = field(default_factory=dict)
     drop_path_rate: float | None = None
     #: Extra keyword arguments for ``create_backbone`` (timm options).
     options: dict[str, Any] = field(default_factory=dict)
@@ -200,7 +206,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    #: Placeholder for the curation issue (dynamic pruning settings); stored, not used yet.
+    #: Dynamic pruning during pretraining (``eofm.curation.dynamic``; empty: off).
     curation: dict[str, Any] = field(default_factory=dict)
 
 

@@ -32,6 +32,7 @@ from eofm.augment.multiview import MultiViewAugment
 from eofm.data.sensors import find_sensor
 from eofm.errors import CheckpointError, ConfigError, EofmError, NonFiniteLossError
 from eofm.methods.base import SSLMethod, ViewSpec, create_method
+from eofm.training.compilation import CompileOptions, check_compile_support, compile_blocks
 from eofm.training.config import PretrainConfig, _suggest, config_to_dict
 from eofm.training.data import (
     DatasetInfo,
@@ -279,6 +280,12 @@ def validate_config(config: PretrainConfig, *, check_devices: bool = True) -> No
     _check_trainer(config, check_devices=check_devices)
     _check_method(config)
     parse_pruning_config(config.curation)  # misspelt or out-of-range curation settings
+    if config.model.compile or config.model.compile_options:
+        opts = CompileOptions.from_config(config.model.compile_options)
+        if config.model.compile:
+            accel = config.trainer.accelerator.lower()
+            on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+            check_compile_support(opts, on_cpu)
     backbones = list_backbones()
     if config.model.backbone not in backbones:
         raise ConfigError(
@@ -484,6 +491,8 @@ def run_pretraining(
         if callable(setter):
             setter(True)
     method = build_method(config, backbone)
+    if config.model.compile:  # before FSDP shards the blocks (configure_model)
+        compile_blocks(method, CompileOptions.from_config(config.model.compile_options))
     spec = method.view_spec
     if spec.global_size is None and info.image_size[0] != info.image_size[1]:
         method.view_spec = dataclasses.replace(spec, global_size=min(info.image_size))

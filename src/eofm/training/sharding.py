@@ -26,6 +26,7 @@ __all__ = [
     "BLOCK_NAMES",
     "FORWARD_METHODS",
     "ShardingOptions",
+    "blocks_of",
     "check_fsdp_support",
     "fsdp_strategy",
     "is_sharded",
@@ -115,6 +116,13 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return None if name is None else _DTYPES[str(name).lower()]
 
 
+def blocks_of(module: nn.Module) -> list[nn.Module]:
+    """The transformer or residual blocks (:data:`BLOCK_NAMES`) inside ``module``, innermost
+    first (children before their parents)."""
+    inner_first = reversed(list(module.modules()))
+    return [m for m in inner_first if m is not module and type(m).__name__ in BLOCK_NAMES]
+
+
 def shard_method(method: nn.Module, mesh: Any, options: ShardingOptions | None = None) -> int:
     """Shard ``method`` in place over ``mesh`` (a 1-D device mesh): every block first,
     innermost first, then the method as root. Returns the number of FSDP units."""
@@ -122,16 +130,14 @@ def shard_method(method: nn.Module, mesh: Any, options: ShardingOptions | None =
 
     opts = options or ShardingOptions()
     kwargs = opts.fully_shard_kwargs()
-    units = 0
-    for module in reversed(list(method.modules())):  # children before their parents
-        if module is not method and type(module).__name__ in BLOCK_NAMES:
-            fully_shard(module, mesh=mesh, **kwargs)
-            units += 1
+    blocks = blocks_of(method)
+    for module in blocks:
+        fully_shard(module, mesh=mesh, **kwargs)
     fully_shard(method, mesh=mesh, **kwargs)
     for name in FORWARD_METHODS:
         if callable(getattr(method, name, None)):
             register_fsdp_forward_method(method, name)
-    return units + 1
+    return len(blocks) + 1
 
 
 def is_sharded(module: nn.Module) -> bool:
