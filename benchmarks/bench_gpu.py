@@ -1,19 +1,24 @@
 """GPU pretraining throughput and model FLOPs utilisation (MFU) through the engine: ViT-B/16
-and ViT-L/16 with MAE and DINO at 224 px in bf16, and the 1.3B-parameter ``vit_h12x4`` with
-MAE under FSDP with activation checkpointing. Without a GPU it writes a "skipped" line.
+and ViT-L/16 with MAE and DINO at 224 px in bf16 with fused attention and compiled blocks, and
+the 1.3B-parameter ``vit_h12x4`` with MAE under FSDP with activation checkpointing. Without a
+GPU it writes a "skipped" line.
 
     python benchmarks/bench_gpu.py                               # every case
     python benchmarks/bench_gpu.py --cases vit_b_mae,vit_b_dino --steps 30
     python benchmarks/bench_gpu.py --peak-tflops 989             # an unlisted GPU
+    python benchmarks/bench_gpu.py --no-compile                  # eager blocks
 
 Each case is ``run_pretraining`` (``configs/<method>_tiny.yaml`` with the method's standard
 sizes: MAE mask 0.75, decoder 512 wide x 8 blocks, 16 heads; DINO head 2048/256/65536, 2 global
 views of 224 px + 8 local views of 96 px) with ``trainer.accelerator=gpu``, ``devices=1``,
-``precision=bf16-mixed`` (``strategy=fsdp`` and ``model.activation_checkpointing=true`` for
-``vit_h12x4``), on 4096 synthetic 224 px RGB images (Sentinel-2 B04/B03/B02 of 128
-``generate_landcover`` scenes, repeated; uint16 shards written once to ``benchmarks/_work/gpu``,
-1.2 GB), 8 DataLoader workers, pinned memory. Each case's run folder (checkpoint) is deleted
-after it unless ``--keep-runs``.
+``precision=bf16-mixed`` and ``model.compile=true`` (every block compiled with inductor; the
+compilation falls inside the warm-up steps), plus ``strategy=fsdp`` and
+``model.activation_checkpointing=true`` for ``vit_h12x4``. Data: 4096 synthetic 224 px RGB
+images (Sentinel-2 B04/B03/B02 of 128 ``generate_landcover`` scenes, repeated; uint16 shards
+written once to ``benchmarks/_work/gpu``, 1.2 GB), 8 DataLoader workers, pinned memory. Each
+case's run folder (checkpoint) is deleted after it unless ``--keep-runs``. Attention is timm's
+fused ``F.scaled_dot_product_attention`` (flash attention in bf16); the table counts the
+attention layers that use it.
 
 - images/s: batch x measured steps / the time between the ends of step ``warmup`` and step
   ``warmup + steps`` (``torch.cuda.synchronize()`` at both ends), data loading, augmentation
@@ -67,6 +72,7 @@ FSDP = [
     "trainer.strategy=fsdp",
     "model.activation_checkpointing=true",
 ]
+COMPILE = "model.compile=true"
 #: name -> (method, backbone, batch per GPU, extra overrides, (warm-up, steps))
 CASES: dict[str, tuple[str, str, int, list[str], tuple[int, int]]] = {
     "vit_b_mae": ("mae", "vit_base_patch16", 256, MAE_OPTIONS, (5, 20)),
@@ -162,6 +168,7 @@ def make_config(case: str, args: argparse.Namespace) -> tuple[Any, int, int]:
         "output.overwrite=true",
         "output.export=false",
         *extra,
+        *([] if args.no_compile else [COMPILE]),
     ]
     if args.cpu_smoke:  # the same code path on the CPU, with a tiny backbone
         overrides += [
@@ -219,12 +226,22 @@ def count_flops(config: Any, count_batch: int, device: Any) -> tuple[float, int]
 
 
 def _window_timer(warmup: int, steps: int, marks: dict[str, float], cuda: bool) -> Any:
+    """A callback timing steps ``warmup`` to ``warmup + steps`` (``marks`` t0, t1), which also
+    counts the method's compiled blocks and fused attention layers (``marks``)."""
     import torch
     from lightning.pytorch.callbacks import Callback
+
+    from eofm.training.compilation import compiled_blocks
 
     class WindowTimer(Callback):
         def __init__(self) -> None:
             self.n = 0
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            attention = [m for m in pl_module.modules() if hasattr(m, "fused_attn")]
+            marks["attention_layers"] = len(attention)
+            marks["fused_attention_layers"] = sum(bool(m.fused_attn) for m in attention)
+            marks["compiled_blocks"] = compiled_blocks(pl_module)
 
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
             self.n += 1
@@ -239,6 +256,7 @@ def _window_timer(warmup: int, steps: int, marks: dict[str, float], cuda: bool) 
 def measure(case: str, args: argparse.Namespace, peak: float | None) -> dict[str, Any]:
     import bench_engine
     import torch
+    from torch._dynamo.utils import counters
 
     from eofm.models import get_backbone_spec
     from eofm.training import run_pretraining
@@ -255,6 +273,7 @@ def measure(case: str, args: argparse.Namespace, peak: float | None) -> dict[str
         "views": bench_engine.views_of(config),
         "strategy": config.trainer.strategy,
         "activation_checkpointing": config.model.activation_checkpointing,
+        "compile": config.model.compile,
         "warmup": warmup,
         "steps": steps,
     }
@@ -265,10 +284,14 @@ def measure(case: str, args: argparse.Namespace, peak: float | None) -> dict[str
     marks: dict[str, float] = {}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    graphs = int(counters["stats"]["unique_graphs"])
     t0 = time.perf_counter()
     with bench_engine.quiet():
         run_pretraining(config, callbacks=[_window_timer(warmup, steps, marks, cuda)])
     row["wall_s"] = time.perf_counter() - t0
+    row["compiled_graphs"] = int(counters["stats"]["unique_graphs"]) - graphs
+    for key in ("attention_layers", "fused_attention_layers", "compiled_blocks"):
+        row[key] = int(marks.get(key, 0))
     seconds = marks["t1"] - marks["t0"]
     row["step_s"] = seconds / steps
     row["images_per_s"] = batch * steps / seconds
@@ -298,7 +321,8 @@ def render(
                 + (" (FSDP, activation checkpointing)" if FSDP[0] in x else "")
                 for name, (m, b, bs, x, _) in CASES.items()
             )
-            + ".",
+            + "; bf16-mixed, fused attention, "
+            + ("eager blocks." if args.no_compile else "compiled blocks (`model.compile`)."),
             "",
         ]
         return lines
@@ -307,25 +331,31 @@ def render(
         f"- Machine: {results_file.machine_line()}; GPU peak {peak_text}.",
         "- `run_pretraining`, bf16-mixed, 1 GPU, 224 px synthetic RGB shards, "
         f"{args.workers} DataLoader workers; images/s over the measured steps (after the "
-        "warm-up; `torch.cuda.synchronize()` at both ends); MFU = FlopCounterMode model FLOPs "
-        "of forward + backward per step / step time / peak (recomputation not counted).",
+        "warm-up, which includes compiling; `torch.cuda.synchronize()` at both ends); MFU = "
+        "FlopCounterMode model FLOPs of forward + backward per step / step time / peak "
+        "(recomputation not counted).",
+        "- fused attn: attention layers calling `F.scaled_dot_product_attention` / all; compiled: "
+        "blocks compiled in place (`model.compile`) and the graphs inductor built for them.",
         "",
-        "| case | method | backbone | params (M) | batch | views | strategy | img/s | "
-        "TFLOP/s | MFU | max GPU memory (GiB) |",
-        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "| case | method | backbone | params (M) | batch | views | strategy | fused attn | "
+        "compiled (blocks, graphs) | img/s | TFLOP/s | MFU | max GPU memory (GiB) |",
+        "|---|---|---|---:|---:|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['case']} | {r['method']} | {r['backbone']} | | | | | "
+                f"| {r['case']} | {r['method']} | {r['backbone']} | | | | | | | "
                 f"failed: {r['error']} | | | |"
             )
             continue
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         strategy = r["strategy"] + (" + act. ckpt" if r["activation_checkpointing"] else "")
+        compiled = f"{r['compiled_blocks']}, {r['compiled_graphs']}" if r["compile"] else "no"
         lines.append(
             f"| {r['case']} | {r['method']} | {r['backbone']} | {r['params'] / 1e6:,.0f} | "
-            f"{r['batch']} | {r['views']} | {strategy} | {r['images_per_s']:,.0f} | "
+            f"{r['batch']} | {r['views']} | {strategy} | "
+            f"{r['fused_attention_layers']}/{r['attention_layers']} | {compiled} | "
+            f"{r['images_per_s']:,.0f} | "
             f"{r['achieved_tflops']:.0f} | {mfu} | {r['max_memory_allocated_gib']:.1f} |"
         )
     lines.append("")
@@ -346,6 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count-batch", type=int, default=16, help="batch of the FLOP count")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU peak, dense bf16")
     parser.add_argument("--quick", action="store_true", help="5 warm-up + 5 measured steps")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="eager blocks (default: model.compile=true)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
     parser.add_argument(
         "--cpu-smoke",
@@ -420,8 +453,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     SECTION, f"gpu/{case}/mfu", row.get("mfu"), "fraction", one, **notes
                 )
             )
-    if not args.no_write:
-        results_file.publish(SECTION, render(rows, args, cmd, gpu, peak), figures)
+    lines = render(rows, args, cmd, gpu, peak)
+    if args.no_write:
+        print("\n".join(lines))
+    else:
+        results_file.publish(SECTION, lines, figures)
     return figures
 
 

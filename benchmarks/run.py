@@ -71,6 +71,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--backbone", "vit_base_patch16", "--steps", "2"],
         "memory per rank of FSDP vs DDP, ViT-L/16 MAE on 2 CPU processes",
     ),
+    "compile": (
+        "bench_compile",
+        [],
+        ["--methods", "mae", "--backbones", "vit_test", "--warmup", "2", "--steps", "3"],
+        "eager vs compiled blocks (model.compile): images/s and compile cost, MAE/SimCLR/DINO",
+    ),
     "gpu": (
         "bench_gpu",
         [],
