@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +116,7 @@ def measure(method: str, backbone: str, args: argparse.Namespace) -> dict[str, A
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, cmd: str) -> list[str]:
     lines = [
-        SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *results_file.heading(SECTION, cmd),
         f"- Machine: {results_file.machine_line()}; {args.threads} torch thread(s).",
         f"- `run_pretraining` on the CPU, float32, {args.size} px, batch {args.batch_size}, each "
         "recipe's synthetic data; eager blocks vs `model.compile=true` (every block compiled in "
@@ -204,11 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 notes = {k: v for k, v in row.items() if k != name}
                 key = f"compile/{backbone}/{method}/{name}"
                 figures.append(results_file.figure(SECTION, key, row[name], unit, one, **notes))
-    lines = render(rows, args, cmd)
-    if args.no_write:
-        print("\n".join(lines))
-    else:
-        results_file.publish(SECTION, lines, figures)
+    results_file.publish(SECTION, render(rows, args, cmd), figures, dry_run=args.no_write)
     return figures
 
 

@@ -536,10 +536,7 @@ def render(
     rows: list[dict[str, Any]], probe: dict[str, Any] | None, args: argparse.Namespace, cmd: str
 ) -> list[str]:
     lines = [
-        TUNED_SECTION if args.tune_malloc else SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *results_file.heading(TUNED_SECTION if args.tune_malloc else SECTION, cmd),
     ]
     if args.tune_malloc:
         lines += [

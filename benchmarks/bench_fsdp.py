@@ -143,10 +143,7 @@ def measure(strategy: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, cmd: str) -> list[str]:
     lines = [
-        SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *results_file.heading(SECTION, cmd),
         f"- Machine: {results_file.machine_line()}; {WORLD} processes (gloo), 1 torch thread each.",
         f"- `run_pretraining` of `{args.backbone}` with `{args.method}` "
         f"(`configs/{args.method}_tiny.yaml`, its synthetic data) at {args.size} px, batch "

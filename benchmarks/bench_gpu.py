@@ -310,7 +310,7 @@ def measure(case: str, args: argparse.Namespace, peak: float | None) -> dict[str
 def render(
     rows: list[dict[str, Any]], args: argparse.Namespace, cmd: str, gpu: str | None, peak: Any
 ) -> list[str]:
-    lines = [SECTION, "", f"`{cmd}` on {time.strftime('%Y-%m-%d')}.", ""]
+    lines = results_file.heading(SECTION, cmd)
     if gpu is None:
         lines += [
             f"- skipped: no GPU on this machine (`torch.cuda.is_available()` is False; "
@@ -453,11 +453,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     SECTION, f"gpu/{case}/mfu", row.get("mfu"), "fraction", one, **notes
                 )
             )
-    lines = render(rows, args, cmd, gpu, peak)
-    if args.no_write:
-        print("\n".join(lines))
-    else:
-        results_file.publish(SECTION, lines, figures)
+    results_file.publish(
+        SECTION, render(rows, args, cmd, gpu, peak), figures, dry_run=args.no_write
+    )
     return figures
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from results_file import command, figure, publish
+from results_file import command, figure, heading, publish
 
 from eofm.data.datasets import ClassificationCSV
 from eofm.data.shards import ShardDataset, pack_dataset
@@ -152,10 +152,7 @@ def run(
     pack_note = f"packed in this run: {t_pack:.1f} s" if packed_now else "already packed"
     load = os.getloadavg()
     lines = [
-        SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *heading(SECTION, cmd),
         f"- Machine: {os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, no GPU.",

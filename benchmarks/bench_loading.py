@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from results_file import command, figure, machine_line, publish
+from results_file import command, figure, heading, machine_line, publish
 from torch.utils.data import DataLoader, Dataset
 
 from eofm.data.sample import collate_samples
@@ -245,10 +245,7 @@ def run(
     ]
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *heading(SECTION, cmd),
         f"- Machine: {machine_line()}.",
         f"- Data: EuroSAT RGB, {len(files)} JPEGs of 64x64x3 ({jpeg_mb:.0f} MiB) in"
         f" {len(classes)} class folders; page cache warm for every reader.",

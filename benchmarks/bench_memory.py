@@ -153,10 +153,7 @@ def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, cmd: str) -> list[str]:
     lines = [
-        SECTION,
-        "",
-        f"`{cmd}` on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *results_file.heading(SECTION, cmd),
         f"- Machine: {results_file.machine_line()}; {args.threads} torch thread(s).",
         f"- `run_pretraining` of `{args.backbone}` (eofm registry, timm ViT-S/16) at "
         f"{args.size} px, batch {args.batch_size}, float32 on the CPU, `num_workers=0`; "

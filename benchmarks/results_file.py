@@ -183,7 +183,18 @@ def write_figures(section: str, figures: list[dict[str, Any]], path: Path | None
     print(f"wrote {len(figures)} figure(s) of {section!r} to {path}")
 
 
-def publish(section: str, lines: list[str], figures: list[dict[str, Any]]) -> None:
-    """Write a benchmark's results: its section of results.md and its figures in results.json."""
+def heading(section: str, cmd: str) -> list[str]:
+    """The first lines of a section: its title and the command that wrote it, with the date."""
+    return [section, "", f"`{cmd}` on {dt.date.today().isoformat()}.", ""]
+
+
+def publish(
+    section: str, lines: list[str], figures: list[dict[str, Any]], *, dry_run: bool = False
+) -> None:
+    """Write a benchmark's results: its section of results.md and its figures in results.json
+    (``dry_run``: print the section instead, write nothing)."""
+    if dry_run:
+        print("\n".join(lines))
+        return
     write_section(section, lines)
     write_figures(section, figures)
