@@ -65,6 +65,7 @@ def test_compile_blocks_in_place_keeps_names_and_results() -> None:
     assert compiled_blocks(method) == 4 and compiled_blocks(eager) == 0
     assert list(method.state_dict()) == names  # checkpoints and exports are unchanged
     assert compiled_blocks(copy.deepcopy(method)) == 0  # a copy (the export) is plain
+    assert compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2))) == 0  # no known block
     torch.manual_seed(1)
     views = [torch.randn(4, 3, 32, 32) for _ in range(2)] + [torch.randn(4, 3, 16, 16)] * 2
     before = _graphs()

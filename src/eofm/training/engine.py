@@ -49,6 +49,7 @@ from eofm.training.module import (
     remove_partial_checkpoints,
 )
 from eofm.training.sharding import (
+    BLOCK_NAMES,
     ShardingOptions,
     check_fsdp_support,
     fsdp_strategy,
@@ -492,7 +493,13 @@ def run_pretraining(
             setter(True)
     method = build_method(config, backbone)
     if config.model.compile:  # before FSDP shards the blocks (configure_model)
-        compile_blocks(method, CompileOptions.from_config(config.model.compile_options))
+        compiling = CompileOptions.from_config(config.model.compile_options)
+        if compile_blocks(method, compiling) == 0:
+            warnings.warn(
+                f"model.compile: {config.model.backbone} has none of the blocks eofm compiles "
+                f"({', '.join(sorted(BLOCK_NAMES))}); the run goes on uncompiled",
+                stacklevel=2,
+            )
     spec = method.view_spec
     if spec.global_size is None and info.image_size[0] != info.image_size[1]:
         method.view_spec = dataclasses.replace(spec, global_size=min(info.image_size))
