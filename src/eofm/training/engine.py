@@ -125,6 +125,13 @@ class RunResult:
 # checks
 
 
+def _runs_on_cpu(config: PretrainConfig, check_devices: bool = True) -> bool:
+    """Whether the run is on the CPU: asked for, or ``auto`` on a machine without a GPU (only
+    known when ``check_devices``: a config checked elsewhere may be meant for a GPU)."""
+    acc = config.trainer.accelerator.lower()
+    return acc == "cpu" or (check_devices and acc == "auto" and not torch.cuda.is_available())
+
+
 def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> None:
     t = config.trainer
     acc = t.accelerator.lower()
@@ -146,8 +153,7 @@ def _check_trainer(config: PretrainConfig, *, check_devices: bool = True) -> Non
         raise ConfigError(
             f"trainer.precision={t.precision!r} is not known{_suggest(t.precision, PRECISIONS)}"
         )
-    on_cpu = acc == "cpu" or (check_devices and acc == "auto" and not has_gpu)
-    if on_cpu and t.precision in ("16-mixed", "16-true"):
+    if _runs_on_cpu(config, check_devices) and t.precision in ("16-mixed", "16-true"):
         raise ConfigError(
             f"trainer.precision={t.precision!r} needs a GPU; on CPU use bf16-mixed or 32-true"
         )
@@ -284,9 +290,7 @@ def validate_config(config: PretrainConfig, *, check_devices: bool = True) -> No
     if config.model.compile or config.model.compile_options:
         opts = CompileOptions.from_config(config.model.compile_options)
         if config.model.compile:
-            accel = config.trainer.accelerator.lower()
-            on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-            check_compile_support(opts, on_cpu)
+            check_compile_support(opts, _runs_on_cpu(config, check_devices))
     backbones = list_backbones()
     if config.model.backbone not in backbones:
         raise ConfigError(
