@@ -43,3 +43,18 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The decode-once cache (``eofm.data.cache``) of the test session lives in a temporary
+    folder, never in the user's ``~/.cache/eofm``."""
+    old = os.environ.get("EOFM_CACHE_DIR")
+    os.environ["EOFM_CACHE_DIR"] = str(tmp_path_factory.mktemp("eofm-cache"))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("EOFM_CACHE_DIR", None)
+        else:
+            os.environ["EOFM_CACHE_DIR"] = old

@@ -20,6 +20,7 @@ Every file is written under a temporary name and moved into place with :func:`os
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from eofm.errors import (
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_NAME",
+    "ShardBatches",
     "ShardDataset",
     "ShardIterableDataset",
     "ShardWriter",
@@ -329,6 +331,8 @@ class ShardWriter:
         self._paths: list[PathEntry] = []
         self._total = 0
         self._closed = False
+        #: How images are stored, when a packer chose a lossy dtype (written to the index).
+        self.storage: dict[str, Any] = {}
 
     # -- context manager
     def __enter__(self) -> ShardWriter:
@@ -581,6 +585,7 @@ class ShardWriter:
             "shard_size": self.shard_size,
             "shards": self._shards,
             "total": sum(s["count"] for s in self._shards),
+            "storage": dict(self.storage),
         }
 
     def close(self) -> Path:
@@ -679,6 +684,36 @@ def _fit_size(
     return image, mask
 
 
+#: Largest error float16 storage may add, relative to ``max(|value|, std of the image)``.
+FLOAT16_TOLERANCE = 1e-3
+
+
+def float16_if_close(image: Array, tolerance: float = FLOAT16_TOLERANCE) -> tuple[Array, float]:
+    """``image`` as float16 with its worst relative error, or unchanged with ``inf``.
+
+    The error of each value is taken relative to ``max(|value|, std of the image)``, so values
+    near zero (dB around 0, dark linear backscatter) are judged against the image's spread.
+    NaN (nodata) stays NaN; values beyond float16's range keep the image in its dtype.
+    """
+    if image.dtype.kind != "f" or image.dtype.itemsize <= 2 or image.size == 0:
+        return image, float("inf")
+    finite = np.isfinite(image)
+    if not finite.any():
+        return image, float("inf")
+    values = image[finite].astype(np.float64)
+    if np.abs(values).max() >= 65504.0 or np.isinf(image).any():
+        return image, float("inf")
+    half = image.astype(np.float16)
+    err = np.abs(half[finite].astype(np.float64) - values)
+    scale = np.maximum(np.abs(values), max(float(values.std()), 1e-12))
+    worst = float((err / scale).max())
+    return (half, worst) if worst <= tolerance else (image, worst)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _is_binary(arr: Array) -> bool:
     return arr.dtype.kind == "b" or bool(np.isin(arr, (0, 1)).all())
 
@@ -692,6 +727,7 @@ def pack_dataset(
     progress: bool = True,
     size: int | None = None,
     fit: str = "crop",
+    float16: bool = False,
 ) -> Path:
     """Pack a map-style dataset of sample dicts into shards under ``out_dir``; return the folder.
 
@@ -704,6 +740,11 @@ def pack_dataset(
     else (float scalars, other vectors) goes to ``target``; a ``target`` key is kept as is.
     The dataset's ``sensor`` and ``class_names`` (or ``classes``) attributes are recorded.
     Only ``image``, ``label``, ``mask``, ``target`` and ``path`` are stored.
+    ``float16=True`` stores non-integral float images (SAR backscatter, reflectance) as float16
+    when :func:`float16_if_close` finds them lossless enough for every image (else float32);
+    the choice and the worst relative error go to the index's ``storage`` entry.
+    A full disk aborts the pack (its partial files removed) with a :class:`DataError` naming
+    ``out_dir``.
     """
     try:
         total = len(dataset)  # type: ignore[arg-type]
@@ -731,6 +772,8 @@ def pack_dataset(
     first_shape: tuple[int, ...] | None = None
     first_path: str | None = None
     label_kind: str | None = None
+    source_dtype: str | None = None
+    worst_f16 = 0.0
     try:
         for sample in tqdm(samples, total=total, disable=not progress, desc="packing", unit="img"):
             path = _path_entry(sample.get("path"))
@@ -782,19 +825,40 @@ def pack_dataset(
                     target = arr.astype(np.float32)
                 else:
                     label = arr
+            stored = narrow_dtype(np.ascontiguousarray(image))
+            if float16 and stored.dtype.kind == "f":
+                source_dtype = source_dtype or str(stored.dtype)
+                stored, err = float16_if_close(stored)
+                worst_f16 = max(worst_f16, err)
             writer.add(
-                narrow_dtype(np.ascontiguousarray(image)),
+                stored,
                 label=label,
                 mask=None if mask is None else narrow_dtype(mask),
                 target=target,
                 path=path,
             )
-    except BaseException:
+        assert writer is not None
+        if source_dtype is not None:
+            final = writer.index()["dtype"]
+            writer.storage = {
+                "source_dtype": source_dtype,
+                "dtype": final,
+                "float16": final == "float16",
+                "max_relative_error": worst_f16 if final == "float16" else 0.0,
+                "tolerance": FLOAT16_TOLERANCE,
+            }
+        return writer.close()
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if _disk_full(exc):
+            raise DataError(
+                out_dir,
+                f"disk full while packing ({os.strerror(errno.ENOSPC)}); the partial shards were"
+                " removed",
+                "free space there, point EOFM_CACHE_DIR elsewhere, or set data.cache: false",
+            ) from exc
         raise
-    assert writer is not None
-    return writer.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,7 +990,13 @@ class _ShardStore:
         out["index"] = global_index
         return out
 
-    def batch(self, indices: Sequence[int] | Array | torch.Tensor) -> dict[str, Any]:
+    def batch(
+        self,
+        indices: Sequence[int] | Array | torch.Tensor,
+        *,
+        native: bool = False,
+        paths: bool = True,
+    ) -> dict[str, Any]:
         idx = np.asarray(_to_numpy(indices), dtype=np.int64).reshape(-1)
         idx = np.where(idx < 0, idx + self.total, idx)
         if idx.size and (idx.min() < 0 or idx.max() >= self.total):
@@ -934,7 +1004,8 @@ class _ShardStore:
         n = idx.size
         c = len(self.bands)
         h, w = self.image_shape[1:]
-        images = np.empty((n, c, h, w), dtype=np.float32)
+        dtype = np.dtype(self.index["dtype"]) if native else np.dtype(np.float32)
+        images = np.empty((n, c, h, w), dtype=dtype)
         labels: Array | None = None
         if self.label_kind == "class":
             labels = np.empty(n, dtype=np.int64)
@@ -946,7 +1017,7 @@ class _ShardStore:
             if "targets" in self._expected
             else None
         )
-        paths: list[PathEntry] = [None] * n
+        path_list: list[PathEntry] = [None] * n
         shards = np.searchsorted(self.offsets, idx, side="right") - 1
         for shard in np.unique(shards):
             pos = np.flatnonzero(shards == shard)
@@ -962,9 +1033,10 @@ class _ShardStore:
                 masks[pos] = arrays["masks"][local]
             if targets is not None:
                 targets[pos] = arrays["targets"][local]
-            shard_paths = self.paths(int(shard))
-            for p, j in zip(pos.tolist(), local.tolist(), strict=True):
-                paths[p] = shard_paths[j]
+            if paths:
+                shard_paths = self.paths(int(shard))
+                for p, j in zip(pos.tolist(), local.tolist(), strict=True):
+                    path_list[p] = shard_paths[j]
         out: dict[str, Any] = {"image": torch.from_numpy(images), "bands": self.bands}
         if labels is not None:
             out["label"] = torch.from_numpy(labels)
@@ -972,7 +1044,8 @@ class _ShardStore:
             out["mask"] = torch.from_numpy(masks)
         if targets is not None:
             out["target"] = torch.from_numpy(targets)
-        out["path"] = paths
+        if paths:
+            out["path"] = path_list
         out["index"] = torch.from_numpy(idx)
         return out
 
@@ -1030,13 +1103,27 @@ class ShardDataset(Dataset[Sample]):
         sample = self._store.sample(shard, local, i)
         return self.transform(sample) if self.transform is not None else sample
 
-    def get_batch(self, indices: Sequence[int] | Array | torch.Tensor) -> dict[str, Any]:
+    def get_batch(
+        self,
+        indices: Sequence[int] | Array | torch.Tensor,
+        *,
+        native: bool = False,
+        paths: bool = True,
+    ) -> dict[str, Any]:
         """Read many samples at once, stacked like :func:`collate_samples` output.
 
-        ``image`` is ``(B, C, H, W)`` float32, ``label``/``mask``/``target`` are stacked,
-        ``path`` is a list and ``index`` an int64 tensor. ``transform`` is not applied.
+        ``image`` is ``(B, C, H, W)`` float32 (``native=True``: the stored dtype, e.g. uint8,
+        for a cast on the training device), ``label``/``mask``/``target`` are stacked,
+        ``path`` is a list (left out with ``paths=False``) and ``index`` an int64 tensor.
+        ``transform`` is not applied.
         """
-        return self._store.batch(indices)
+        return self._store.batch(indices, native=native, paths=paths)
+
+    @property
+    def stored_dtype(self) -> np.dtype[Any]:
+        """The dtype images are stored in (``get_batch(native=True)`` returns it)."""
+        dtype: np.dtype[Any] = np.dtype(self._store.index["dtype"])
+        return dtype
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """DataLoader hook: one vectorised read per batch, split back into samples."""
@@ -1051,6 +1138,28 @@ class ShardDataset(Dataset[Sample]):
             sample["index"] = int(batch["index"][k])
             out.append(self.transform(sample) if self.transform is not None else sample)
         return out
+
+
+class ShardBatches(Dataset[dict[str, Any]]):
+    """Whole batches of a :class:`ShardDataset`: ``batches[list_of_indices]`` is one batch.
+
+    Made for a DataLoader with ``batch_size=None`` and a batch sampler as ``sampler``: each
+    batch is one vectorised read per shard (no per-sample Python), images in their stored
+    dtype (uint8 stays uint8, cast to float on the training device), without source paths.
+    """
+
+    def __init__(self, dataset: ShardDataset, *, native: bool = True, paths: bool = False):
+        if dataset.transform is not None:
+            raise ValueError("ShardBatches reads raw batches; the dataset has a transform")
+        self.dataset = dataset
+        self.native = native
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return self.dataset.get_batch(indices, native=self.native, paths=self.paths)
 
 
 class ShardIterableDataset(IterableDataset[Sample]):

@@ -160,7 +160,14 @@ def iter_batches(
     inner, idx = base_dataset(dataset)
     n = len(idx)
     get_batch = getattr(inner, "get_batch", None)
+    if get_batch is None and start < n:
+        from eofm.data.cache import cached_dataset
+
+        cached = cached_dataset(inner, progress=False, quiet=True)  # decoded once, then reused
+        if cached is not None:
+            get_batch = cached.get_batch
     if get_batch is not None:
+        other = "target" if key == "label" else "label"  # packing files regression labels
         for lo in range(start, n, batch_size):
             batch = get_batch(idx[lo : lo + batch_size])
             images = batch["image"]
@@ -168,7 +175,7 @@ def iter_batches(
                 images = F.interpolate(
                     images, size=size, mode="bilinear", align_corners=False, antialias=True
                 )
-            yield images, batch.get(key)
+            yield images, batch.get(key, batch.get(other))
         return
     if size is None:
         first = dataset[0]["image"]

@@ -59,9 +59,18 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: Shards only: stream them (``ShardIterableDataset``; needs ``trainer.max_steps``).
     iterable: bool = False
+    #: Decode folders, CSVs and globs once into memory-mapped shards under ``$EOFM_CACHE_DIR``
+    #: (default ``~/.cache/eofm``), keyed by the files' paths, sizes and times, and train
+    #: from them (``eofm.data.cache``); ``false``: read the files every epoch.
+    cache: bool = True
+    #: Largest decoded size to cache (``20GB``, ``500MiB``); larger data are streamed from the
+    #: files with workers. ``None``: up to the cache disk's free space (less 1 GB).
+    cache_limit: str | None = None
     #: Images per device and step.
     batch_size: int = 64
-    num_workers: int = 0
+    #: DataLoader worker processes; ``auto``: none for cached shards (a batch is one array
+    #: slice), else up to 4 on machines with more than 2 cores (see docs/pretraining.md).
+    num_workers: int | Literal["auto"] = "auto"
     persistent_workers: bool = False
     pin_memory: bool = False
     drop_last: bool = True

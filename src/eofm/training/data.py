@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler
 
 from eofm.data.sample import Sample, collate_samples
 from eofm.data.stats import CARD_NAME, DatasetCard, Normalizer, load_or_compute_card
@@ -20,6 +21,7 @@ from eofm.training.config import DataConfig
 
 __all__ = [
     "DatasetInfo",
+    "EpochBatchSampler",
     "EpochShuffleSampler",
     "PretrainDataModule",
     "build_dataset",
@@ -96,10 +98,46 @@ class DatasetInfo:
     image_size: tuple[int, int]
     spec: str
     num_samples: int | None
+    #: The decode-once cache entry the data are read from (``None``: read from the files).
+    cache: Path | None = None
 
 
-def build_dataset(cfg: DataConfig, run_dir: Path, *, seed: int = 0) -> DatasetInfo:
-    """Open the dataset of ``cfg`` (generating synthetic data into ``run_dir`` if asked)."""
+def pack_workers() -> int:
+    """Processes decoding files while the cache is packed: every core but none to spare."""
+    return min(8, available_cores())
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(cfg: DataConfig, dataset: Dataset[Sample]) -> int:
+    """``data.num_workers``, with ``auto`` resolved (see :class:`DataConfig`).
+
+    Cached shards need no workers: a batch is one memory-mapped slice (measured on 2 cores,
+    ``benchmarks/bench_data_path.py``: workers only take cores from the model). Files are
+    decoded by up to 4 workers where there are more than 2 cores, else in the training process.
+    """
+    from eofm.data.shards import ShardDataset
+
+    if cfg.num_workers != "auto":
+        return int(cfg.num_workers)
+    if isinstance(dataset, ShardDataset):
+        return 0
+    cores = available_cores()
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+def build_dataset(
+    cfg: DataConfig, run_dir: Path, *, seed: int = 0, progress: bool = True
+) -> DatasetInfo:
+    """Open the dataset of ``cfg`` (generating synthetic data into ``run_dir`` if asked);
+    folders, CSVs and globs are read from the decode-once cache (``data.cache``)."""
+    from eofm.data.cache import cached_dataset
     from eofm.data.catalog import open_dataset
     from eofm.data.shards import ShardDataset, ShardIterableDataset
 
@@ -121,6 +159,7 @@ def build_dataset(cfg: DataConfig, run_dir: Path, *, seed: int = 0) -> DatasetIn
             root = p if p.is_dir() else p.parent
             location = str(p)
     bands = list(cfg.bands) if cfg.bands is not None else None
+    cache_path: Path | None = None
     is_shards = root is not None and (Path(location) / "index.json").is_file()
     dataset: Dataset[Sample]
     if is_shards:
@@ -146,6 +185,17 @@ def build_dataset(cfg: DataConfig, run_dir: Path, *, seed: int = 0) -> DatasetIn
             raise ConfigError(
                 f"data.options/split do not fit the dataset at {location}: {exc}"
             ) from None
+        if cfg.cache and not isinstance(dataset, (ShardDataset, IterableDataset)):
+            cached = cached_dataset(
+                dataset,
+                source=spec + (f" (split {cfg.split})" if cfg.split else ""),
+                limit=cfg.cache_limit,
+                num_workers=pack_workers(),
+                progress=progress,
+            )
+            if cached is not None:
+                cache_path = cached.root
+                dataset = cached
     first = next(iter(dataset)) if isinstance(dataset, IterableDataset) else dataset[0]
     image = first["image"]
     if image.ndim != 3:
@@ -162,6 +212,7 @@ def build_dataset(cfg: DataConfig, run_dir: Path, *, seed: int = 0) -> DatasetIn
         image_size=(int(image.shape[-2]), int(image.shape[-1])),
         spec=spec,
         num_samples=n,
+        cache=cache_path,
     )
 
 
@@ -265,6 +316,16 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(order[skip:])
 
 
+class EpochBatchSampler(BatchSampler):
+    """Batches of an :class:`EpochShuffleSampler`; forwards ``set_epoch`` (Lightning calls it
+    on the DataLoader's ``sampler``, which is this one when batches are read whole)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
 class PretrainDataModule(pl.LightningDataModule):
     """DataLoader over the training dataset with :func:`collate_samples` and ``drop_last``.
 
@@ -318,8 +379,10 @@ class PretrainDataModule(pl.LightningDataModule):
             }
 
     def train_dataloader(self) -> DataLoader[Any]:
+        from eofm.data.shards import ShardBatches, ShardDataset
+
         cfg = self.cfg
-        workers = int(cfg.num_workers)
+        workers = loader_workers(cfg, self.dataset)
         common: dict[str, Any] = {
             "batch_size": cfg.batch_size,
             "num_workers": workers,
@@ -344,4 +407,12 @@ class PretrainDataModule(pl.LightningDataModule):
         sampler = EpochShuffleSampler(n, seed=self.seed, shuffle=cfg.shuffle, indices=self.subset)
         if self._resume is not None:
             sampler.resume_from(self._resume["epoch"], self._resume["samples"])
+        if isinstance(self.dataset, ShardDataset) and self.dataset.transform is None:
+            # one vectorised read per batch in the stored dtype; cast on the training device
+            batches = EpochBatchSampler(sampler, batch_size=cfg.batch_size, drop_last=cfg.drop_last)
+            for key in ("batch_size", "collate_fn", "drop_last"):
+                del common[key]
+            return DataLoader(
+                ShardBatches(self.dataset), batch_size=None, sampler=batches, **common
+            )
         return DataLoader(self.dataset, sampler=sampler, **common)

@@ -464,7 +464,7 @@ def run_pretraining(
     pl.seed_everything(t.seed, workers=True, verbose=False)
 
     # data
-    info = build_dataset(config.data, run_dir, seed=t.seed)
+    info = build_dataset(config.data, run_dir, seed=t.seed, progress=t.progress_bar)
     normalizer, card = build_normalizer(config.data, info, run_dir)
     from eofm.curation.dynamic import pruning_from_config
 
