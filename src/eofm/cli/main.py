@@ -125,6 +125,27 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from eofm.data.cache import cache_dir, cache_entries, clear_cache
+
+    root = cache_dir()
+    if args.clear:
+        freed = clear_cache()
+        print(f"removed the decode-once cache under {root} ({freed / 1e6:.1f} MB freed)")
+        return 0
+    entries = cache_entries()
+    print(f"decode-once cache: {root}  (EOFM_CACHE_DIR; EOFM_CACHE=0 turns it off)")
+    total = 0
+    for e in entries:
+        total += e.bytes
+        print(
+            f"  {e.key[:12]}  {e.num_samples:>8} samples  {e.bytes / 1e6:9.1f} MB  {e.dtype:<8}"
+            f"  {e.created}  {e.source}"
+        )
+    print(f"{len(entries)} entries, {total / 1e6:.1f} MB; `eofm data cache --clear` removes them")
+    return 0
+
+
 def cmd_sensors(args: argparse.Namespace) -> int:
     from eofm.data.sensors import get_sensor, list_sensors
 
@@ -276,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
     pack.set_defaults(func=cmd_pack)
+
+    cache = dsub.add_parser(
+        "cache",
+        help="list (or --clear) the decode-once cache of packed datasets ($EOFM_CACHE_DIR)",
+    )
+    cache.add_argument("--clear", action="store_true", help="remove every cached dataset")
+    cache.set_defaults(func=cmd_cache)
 
     for module_name in PLUGIN_COMMANDS:
         try:

@@ -101,8 +101,9 @@ def _describe(value: Any, files: list[Path], depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Path):
-        files.append(value)
-        return str(value)
+        path = Path(os.path.abspath(value))  # the same files from any working folder
+        files.append(path)
+        return str(path)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
