@@ -248,3 +248,20 @@ def test_key_depends_on_settings_and_clear_removes_entries(tmp_path: Path, cache
         assert cached_dataset(ds, progress=False, quiet=True) is not None
     assert len(cache_entries()) == 2
     assert clear_cache() > 0 and cache_entries() == []
+
+
+def test_the_run_card_records_how_the_cache_stores_pixels(tmp_path: Path, cache: Path) -> None:
+    from eofm.training.config import load_config
+    from eofm.training.data import build_dataset, build_normalizer
+
+    rng = np.random.default_rng(2)
+    for name in ("calm", "rough"):
+        for i in range(3):
+            db = rng.normal(-15, 4, (2, 8, 8)).astype(np.float32)
+            write_geotiff(tmp_path / "sar" / name / f"{i}.tif", db, descriptions=["VV", "VH"])
+    cfg = load_config(None, [f"data.path={tmp_path / 'sar'}", "data.batch_size=2"])
+    info = build_dataset(cfg.data, tmp_path / "run", progress=False)
+    _, card = build_normalizer(cfg.data, info, tmp_path / "run")
+    assert card is not None and card.extra["storage"]["dtype"] == "float16"
+    saved = json.loads((tmp_path / "run" / "eofm_card.json").read_text())
+    assert saved["extra"]["storage"]["float16"] is True

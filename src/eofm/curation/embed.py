@@ -191,9 +191,19 @@ def _batches(
 ) -> Iterator[Tensor]:
     """Image tensors of ``batches`` (index arrays), in order."""
     get_batch = getattr(dataset, "get_batch", None)
+    if get_batch is None:
+        from eofm.data.cache import cached_dataset
+
+        cached = cached_dataset(dataset, progress=False, quiet=True)  # decoded once, then reused
+        get_batch = None if cached is None else cached.get_batch
     if callable(get_batch):
         for idx in batches:
-            yield torch.as_tensor(get_batch(idx)["image"]).float()
+            images = torch.as_tensor(get_batch(idx)["image"]).float()
+            if size is not None and tuple(images.shape[-2:]) != size:
+                images = F.interpolate(
+                    images, size=size, mode="bilinear", align_corners=False, antialias=True
+                )
+            yield images
         return
     loader: DataLoader[Sample] = DataLoader(
         dataset,

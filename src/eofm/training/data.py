@@ -238,7 +238,12 @@ def load_card(cfg: DataConfig, info: DatasetInfo, run_dir: Path) -> DatasetCard:
             return card
         except (DataError, KeyError):
             pass
-    return load_or_compute_card(run_dir / CARD_NAME, info.dataset, **kw)
+    card = load_or_compute_card(run_dir / CARD_NAME, info.dataset, **kw)
+    storage = getattr(info.dataset, "index", {}).get("storage") if info.cache else None
+    if storage and card.extra.get("storage") != storage:
+        card.extra["storage"] = storage  # how the decode-once cache stores the pixels
+        card.to_json(run_dir / CARD_NAME)
+    return card
 
 
 def build_normalizer(
