@@ -1,6 +1,6 @@
 """The data path: ``eofm pretrain`` against a plain PyTorch loop on the same work.
 
-    python benchmarks/bench_data_path.py                    # RGB + MS + features, ~35 min quiet
+    python benchmarks/bench_data_path.py                    # RGB + MS + features, ~25 min quiet
     python benchmarks/bench_data_path.py --only rgb --steps 100
     python benchmarks/bench_data_path.py --no-write         # print the table only
 
@@ -308,10 +308,12 @@ def _in_child(spec: str, steps: int, ms_steps: int) -> dict[str, Any]:
     return result
 
 
-def measure_case(case: str, steps: int, ms_steps: int) -> dict[str, list[dict[str, Any]]]:
+def measure_case(
+    case: str, steps: int, ms_steps: int, repeats: int = 2
+) -> dict[str, list[dict[str, Any]]]:
     n = steps if case == "rgb" else ms_steps
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "nocache": [], "cold": [], "warm": []}
-    order = ["plain", "nocache", "cold", "warm", "plain", "warm"]
+    order = ["plain", "nocache", "cold", "warm"] + ["plain", "warm"] * (repeats - 1)
     for mode in order:
         t0 = time.perf_counter()
         if mode == "plain":
@@ -344,7 +346,7 @@ def render(
     lines += [
         f"Machine: {results_file.machine_line()}. Same model (ResNet-18, SimCLR head 256/64,"
         " NT-Xent 0.2, AdamW), batch and steps on both sides; each run in a fresh process with"
-        " 2 threads; plain and warm runs twice, interleaved. Ratio = eofm img/s / plain img/s"
+        " 2 threads; RGB: plain and warm runs twice, interleaved. Ratio = eofm img/s / plain img/s"
         " (mean of the plain runs). `wall` is the whole eofm command, packing included.",
         "",
         "| data | steps x batch | plain loop img/s | eofm, no cache | eofm cold | eofm warm |"
@@ -404,8 +406,11 @@ def render(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default="rgb,ms,features", help="cases: rgb, ms, features")
-    ap.add_argument("--steps", type=int, default=40, help="steps of the RGB runs")
-    ap.add_argument("--ms-steps", type=int, default=30, help="steps of the MS runs")
+    ap.add_argument("--steps", type=int, default=24, help="steps of the RGB runs")
+    ap.add_argument("--ms-steps", type=int, default=20, help="steps of the MS runs")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="plain and warm runs of the RGB case (MS: 1)"
+    )
     ap.add_argument("--no-write", action="store_true", help="print the table, write nothing")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -423,7 +428,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     missing = [c for c in CASES if c in only and not Path(CASES[c]["path"]).exists()]
     if missing:
         sys.exit(f"data not found for {missing} under {SHARED} (set EOFM_SHARED_DATA)")
-    results = {c: measure_case(c, args.steps, args.ms_steps) for c in CASES if c in only}
+    results = {
+        c: measure_case(c, args.steps, args.ms_steps, args.repeats if c == "rgb" else 1)
+        for c in CASES
+        if c in only
+    }
     feats = None
     if "features" in only:
         feats = {
