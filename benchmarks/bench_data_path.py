@@ -2,6 +2,7 @@
 
     python benchmarks/bench_data_path.py                    # RGB + MS + features, ~25 min quiet
     python benchmarks/bench_data_path.py --only rgb --steps 100
+    python benchmarks/bench_data_path.py --only workers --steps 12   # 0 vs 1 DataLoader worker
     python benchmarks/bench_data_path.py --no-write         # print the table only
 
 Cases, each in a fresh process with 2 threads, on one split of real data:
@@ -193,7 +194,7 @@ def plain(case: str, steps: int, seed: int = 0) -> dict[str, Any]:
 # eofm pretrain
 
 
-def eofm_command(case: str, steps: int, mode: str) -> list[str]:
+def eofm_command(case: str, steps: int, mode: str, workers: int | None = None) -> list[str]:
     spec = CASES[case]
     sets = [
         f"data.path={spec['path']}",
@@ -209,7 +210,9 @@ def eofm_command(case: str, steps: int, mode: str) -> list[str]:
         "trainer.progress_bar=false",
     ]
     if mode == "nocache":
-        sets += ["data.cache=false", "data.num_workers=0"]
+        sets += ["data.cache=false", f"data.num_workers={workers or 0}"]
+    elif workers is not None:
+        sets.append(f"data.num_workers={workers}")
     return [
         sys.executable,
         "-m",
@@ -222,7 +225,7 @@ def eofm_command(case: str, steps: int, mode: str) -> list[str]:
     ]
 
 
-def eofm_run(case: str, steps: int, mode: str) -> dict[str, Any]:
+def eofm_run(case: str, steps: int, mode: str, workers: int | None = None) -> dict[str, Any]:
     """``eofm pretrain`` in a subprocess; images/s from its summary, wall time around it."""
     cache = WORK / f"cache_{case}"
     if mode == "cold":
@@ -230,7 +233,11 @@ def eofm_run(case: str, steps: int, mode: str) -> dict[str, Any]:
     env = dict(os.environ, EOFM_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        eofm_command(case, steps, mode), env=env, capture_output=True, text=True, cwd=REPO
+        eofm_command(case, steps, mode, workers),
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -403,9 +410,52 @@ def render(
     return lines, figures
 
 
+WORKERS_SECTION = "## Data path: DataLoader workers on this machine"
+
+
+def measure_workers(steps: int) -> list[dict[str, Any]]:
+    """EuroSAT RGB with 0 and 1 DataLoader workers, from the files and from the warm cache
+    (the measurement behind ``data.num_workers: auto``)."""
+    rows = []
+    eofm_run("rgb", 2, "cold")  # make sure the cache is packed
+    for mode in ("warm", "nocache"):
+        for workers in (0, 1, 0, 1):
+            r = eofm_run("rgb", steps, mode, workers)
+            r.update(mode=mode, workers=workers, load=results_file.load_str())
+            print(f"workers {mode:8s} {workers} {r['img_s']:7.1f} img/s (load {r['load']})")
+            rows.append(r)
+    return rows
+
+
+def render_workers(
+    rows: list[dict[str, Any]], argv: list[str], steps: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    cmd = results_file.command("bench_data_path.py", argv)
+    lines = results_file.heading(WORKERS_SECTION, cmd)
+    lines += [
+        f"Machine: {results_file.machine_line()}. `eofm pretrain` (SimCLR, ResNet-18, batch 128,"
+        f" {steps} steps, 2 threads) on the EuroSAT RGB train split; each setting twice,"
+        " alternating 0 and 1 workers.",
+        "",
+        "| data read from | 0 workers img/s | 1 worker img/s | 1 worker / 0 |",
+        "|---|---:|---:|---:|",
+    ]
+    figures = []
+    for mode, title in (("warm", "the decode-once cache"), ("nocache", "the JPEG files")):
+        w0 = _mean([r["img_s"] for r in rows if r["mode"] == mode and r["workers"] == 0])
+        w1 = _mean([r["img_s"] for r in rows if r["mode"] == mode and r["workers"] == 1])
+        lines.append(f"| {title} | {w0:.1f} | {w1:.1f} | {w1 / w0:.2f} |")
+        for w, v in ((0, w0), (1, w1)):
+            figures.append(
+                results_file.figure(WORKERS_SECTION, f"workers_{mode}_{w}_img_s", v, "img/s", cmd)
+            )
+    lines += ["", "Loads: " + ", ".join(f"{r['mode']}/{r['workers']} {r['load']}" for r in rows)]
+    return lines, figures
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="rgb,ms,features", help="cases: rgb, ms, features")
+    ap.add_argument("--only", default="rgb,ms,features", help="cases: rgb, ms, features, workers")
     ap.add_argument("--steps", type=int, default=24, help="steps of the RGB runs")
     ap.add_argument("--ms-steps", type=int, default=20, help="steps of the MS runs")
     ap.add_argument(
@@ -439,8 +489,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "files": _in_child("features:rgb:files", args.steps, args.ms_steps),
             "cached": _in_child("features:rgb:cached", args.steps, args.ms_steps),
         }
-    lines, figures = render(results, feats, argv, args.steps, args.ms_steps)
-    results_file.publish(SECTION, lines, figures, dry_run=args.no_write)
+    figures: list[dict[str, Any]] = []
+    if results or feats:
+        lines, figures = render(results, feats, argv, args.steps, args.ms_steps)
+        results_file.publish(SECTION, lines, figures, dry_run=args.no_write)
+    if "workers" in only:
+        wlines, wfigures = render_workers(measure_workers(args.steps), argv, args.steps)
+        results_file.publish(WORKERS_SECTION, wlines, wfigures, dry_run=args.no_write)
+        figures += wfigures
     return figures
 
 
