@@ -681,7 +681,7 @@ def _is_dota(path: Path) -> bool:
 
 
 def _dota(root: Path, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
-    from eofm.evaluation.detection import DotaDataset
+    from eofm.evaluation.dota import DotaDataset
 
     _need("detection", kind, str(root), " (DOTA folder)")
     ds = DotaDataset(root, bands=bands)
@@ -721,7 +721,7 @@ def _synthetic(
         raise ConfigError(f"{spec!r}: expected synthetic:<kind>:<n>:<size> ({err})") from None
     folder = cache / "synthetic" / f"{sk}_n{n}_s{size}_seed{seed}"
     if sk == "detection":
-        from eofm.evaluation.detection import write_synthetic_detection
+        from eofm.evaluation.dota import write_synthetic_detection
 
         if not (folder / "done.json").exists():
             write_synthetic_detection(folder, n=n, size=size, seed=seed)
