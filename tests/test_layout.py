@@ -214,7 +214,8 @@ def test_checker_passes_a_clean_fake_package(tmp_path: Path) -> None:
             "fake/data/__init__.py": "from fake.data.readers import read\n",
             "fake/data/readers.py": "from fake.errors import *\ndef read(): ...\n",
             "fake/models/__init__.py": "",
-            "fake/models/net.py": "from fake.data import readers\nfrom ..data.readers import read\n",
+            "fake/models/net.py": "from fake.data import readers\n"
+            "from ..data.readers import read\n",
             "fake/cli/main.py": "def main():\n    import fake.models.net\n",
         },
     )

@@ -29,7 +29,8 @@ with --backbone NAME), or random:<backbone> (e.g. random:vit_small_patch16).
 DATA: anything `eofm data inspect` reads (class folders, CSV with a split column, BigEarthNet,
 Dubai tiles, shards, torchgeo:<Name>:<root>...), a DOTA folder (images/ + labelTxt/), named
 real sets eurosat-rgb, eurosat-ms, dubai, bigearthnet-s2, bigearthnet-s1, wavemode
-(optionally name:<root>; default root $EOFM_SHARED_DATA or ../shared/data), or
+(optionally name:<root>; looked for in $EOFM_SHARED_DATA, then ../shared/data of the
+project, then ../shared/data of the working folder), or
 synthetic[:landcover|multilabel|wavemode|change|ndvi|detection[:N[:SIZE]]].
 
 Tasks and the data they need: knn, linear, finetune (class or multi-label), segmentation

@@ -56,6 +56,7 @@ class AdaptTarget(Protocol):
     @property
     def first_conv(self) -> str: ...
 
+
 #: What the first layer of an ImageNet-style checkpoint sees, in order.
 RGB_SOURCE_BANDS: tuple[str, str, str] = ("red", "green", "blue")
 
