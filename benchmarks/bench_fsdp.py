@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import results_file
-from bench_memory import rss_mib
+from results_file import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## FSDP memory (CPU)"

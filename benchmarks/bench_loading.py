@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_file
 import torch
 from PIL import Image
 from results_file import command, figure, heading, machine_line, publish
@@ -243,7 +244,7 @@ def run(
         for w, sb in ((w, n / s) for what, w, s, n in rows if what.startswith("(b) "))
         if w == wa
     ]
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = results_file.load_str()
     lines = [
         *heading(SECTION, cmd),
         f"- Machine: {machine_line()}.",

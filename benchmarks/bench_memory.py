@@ -31,15 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import results_file
+from results_file import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Memory"
 SCRIPT = "bench_memory.py"
 LIMIT_BYTES = 4e9  # "4 GB"
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    return results_file.status_mib(field, float("nan"))
 
 
 # --------------------------------------------------------------------------------------------
