@@ -28,7 +28,6 @@ from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from eofm.data.card import (
     CARD_FORMAT,
@@ -53,6 +52,7 @@ from eofm.errors import (
     DataError,
     EmptyDatasetError,
 )
+from eofm.progress import progress as progress_bar
 
 
 class _Accumulator:
@@ -323,7 +323,7 @@ def compute_stats(
     names: tuple[str, ...] | None = None
     index_cache: dict[tuple[str, ...] | None, list[int] | None] = {}
     num = 0
-    with tqdm(total=total, disable=not progress, desc="band statistics", unit="img") as bar:
+    with progress_bar(total=total, disable=not progress, desc="band statistics", unit="img") as bar:
         for images, valid, item_bands, path, count in chunks:
             if images.ndim < 3:
                 raise DataError(

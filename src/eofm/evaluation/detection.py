@@ -109,7 +109,7 @@ def _scale_scene(scene: _Scene, max_size: int | None) -> tuple[_Scene, float]:
 def evaluate_detection(model: Any, data: Any, opts: Any) -> Any:
     """Train the CenterNet head (and the encoder unless frozen) and report mAP@0.5 for
     horizontal and oriented boxes (plus torchmetrics COCO mAP when its backend exists)."""
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     t0 = time.perf_counter()
     names = list(data.class_names or ())
@@ -157,7 +157,7 @@ def evaluate_detection(model: Any, data: Any, opts: Any) -> Any:
     dev = torch.device(opts.device)
     net.to(dev).train()
     losses = []
-    for _ in tqdm(range(steps), desc="detection", disable=not opts.progress, unit="step"):
+    for _ in progress_bar(range(steps), desc="detection", disable=not opts.progress, unit="step"):
         batch = []
         for j in torch.randint(0, len(train), (bs,), generator=gen).tolist():
             sc = _crop_scene(train[j], crop, gen)

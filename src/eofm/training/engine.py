@@ -32,6 +32,7 @@ from eofm.augment.multiview import MultiViewAugment
 from eofm.data.sensors import find_sensor
 from eofm.errors import CheckpointError, ConfigError, EofmError, NonFiniteLossError
 from eofm.methods.base import SSLMethod, ViewSpec, create_method
+from eofm.progress import use_plain
 from eofm.training.compilation import CompileOptions, check_compile_support, compile_blocks
 from eofm.training.config import PretrainConfig, _suggest, config_to_dict
 from eofm.training.data import (
@@ -446,6 +447,7 @@ def run_pretraining(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from eofm.models import create_backbone
+    from eofm.training.progress import PlainProgressBar
 
     validate_config(config)
     t = config.trainer
@@ -576,6 +578,7 @@ def run_pretraining(
             interrupt,
             FinalCheckpoint(ckpt_dir / "last.ckpt", periodic),
             *([pruning] if pruning is not None else []),
+            *([PlainProgressBar()] if t.progress_bar and use_plain() else []),
             *(callbacks or []),
         ],
         default_root_dir=str(run_dir),

@@ -100,10 +100,10 @@ class EODataset(Dataset[Sample]):
 
         Returns the number of samples dropped.
         """
-        from tqdm.auto import tqdm
+        from eofm.progress import progress as progress_bar
 
         bad: list[int] = []
-        for i in tqdm(range(len(self)), desc="verifying", disable=not progress):
+        for i in progress_bar(range(len(self)), desc="verifying", disable=not progress):
             try:
                 self.load(i)
             except DataError as err:
