@@ -221,11 +221,16 @@ def resolve_data(
     max_train: int | None = None,
     max_test: int | None = None,
     progress: bool = False,
+    band_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
 ) -> EvalData:
     """Open ``spec`` for a protocol that needs labels of ``kind`` (see :data:`KINDS`).
 
     ``kind="classification"`` accepts single- and multi-label data. Raises
-    :class:`MissingLabelError` when the data has no labels of that kind.
+    :class:`MissingLabelError` when the data has no labels of that kind. ``band_names``: the
+    files' own band order, when they do not name their bands; ``skip_bad``: leave unreadable
+    files and incomplete samples out (counted in :meth:`EvalData.skipped`) instead of stopping.
+    Both apply to folders and files (not to named or synthetic sets).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown data kind {kind!r}; known: {', '.join(KINDS)}")
@@ -237,9 +242,9 @@ def resolve_data(
     elif head in SHARED_SETS and not Path(text).exists():
         data = _named(text, kind, bands=bands, seed=seed)
     elif _is_dota(Path(text)):
-        data = _dota(Path(text), kind, bands=bands, seed=seed)
+        data = _dota(Path(text), kind, bands=bands, seed=seed, **_open_kw(band_names, skip_bad))
     else:
-        data = _generic(text, kind, bands=bands, seed=seed)
+        data = _generic(text, kind, bands=bands, seed=seed, **_open_kw(band_names, skip_bad))
     if max_train is not None or max_test is not None:
         data.train = limit(data.train, max_train, seed)
         data.test = limit(data.test, max_test, seed + 1)
@@ -272,10 +277,22 @@ def _need(found: str | None, kind: str, spec: str, what: str = "") -> str:
     return found
 
 
-def _generic(spec: str, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
+def _open_kw(band_names: Sequence[str] | None, skip_bad: bool) -> dict[str, Any]:
+    """Dataset keywords for ``band_names`` and ``skip_bad`` (only those that are set)."""
+    kw: dict[str, Any] = {}
+    if band_names:
+        kw["band_names"] = list(band_names)
+    if skip_bad:
+        kw["on_error"] = "skip"
+    return kw
+
+
+def _generic(
+    spec: str, kind: str, *, bands: Sequence[str] | None, seed: int, **open_kw: Any
+) -> EvalData:
     from eofm.data.catalog import open_dataset
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(open_kw)
     if bands:
         kwargs["bands"] = list(bands)
     ds = open_dataset(spec, task=_task_for_catalog(kind), **kwargs)  # type: ignore[arg-type]
@@ -408,11 +425,13 @@ def _is_dota(path: Path) -> bool:
     return path.is_dir() and (path / "images").is_dir() and (path / "labelTxt").is_dir()
 
 
-def _dota(root: Path, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
+def _dota(
+    root: Path, kind: str, *, bands: Sequence[str] | None, seed: int, **open_kw: Any
+) -> EvalData:
     from eofm.evaluation.dota import DotaDataset
 
     _need("detection", kind, str(root), " (DOTA folder)")
-    ds = DotaDataset(root, bands=bands)
+    ds = DotaDataset(root, bands=bands, **open_kw)
     data = _split_generic(ds, str(root), "detection", seed)
     data.class_names = ds.class_names
     return data

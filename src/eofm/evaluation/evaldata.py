@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from eofm.data.sample import Sample
 from eofm.errors import ConfigError
@@ -148,8 +148,23 @@ class EvalData:
             out["val"] = len(self.val)  # type: ignore[arg-type]
         return out
 
+    def skipped(self) -> dict[str, str]:
+        """Files left out (``skip_bad``): path -> why, over every split's dataset."""
+        out: dict[str, str] = {}
+        for ds in (self.train, self.val, self.test):
+            while isinstance(ds, Subset):
+                ds = ds.dataset
+            out.update(getattr(ds, "skipped", None) or {})
+        return out
+
     def summary(self) -> dict[str, Any]:
+        skipped = self.skipped()
         return {
+            **(
+                {"skipped": len(skipped), "skipped_files": dict(list(skipped.items())[:20])}
+                if skipped
+                else {}
+            ),
             "spec": self.spec,
             "kind": self.kind,
             "bands": list(self.bands),

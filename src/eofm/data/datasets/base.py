@@ -20,7 +20,7 @@ from eofm.data.readers import (
     read_raster,
 )
 from eofm.data.sample import Sample
-from eofm.errors import DataError, EmptyDatasetError
+from eofm.errors import BandMismatchError, DataError, EmptyDatasetError
 
 Transform = Callable[[Sample], Sample]
 
@@ -56,6 +56,8 @@ class EODataset(Dataset[Sample]):
         self.max_invalid_fraction = max_invalid_fraction
         self.skipped: dict[str, str] = {}
         self.class_names: tuple[str, ...] | None = None
+        #: The first file read and its bands: every other file must hold the same bands.
+        self._first_read: tuple[str, tuple[str, ...]] | None = None
 
     #: One record per sample: a path, or a tuple whose first item is the main path.
     records: Sequence[Any]
@@ -133,7 +135,25 @@ class EODataset(Dataset[Sample]):
         raster = read_raster(
             path, bands=self.requested_bands, band_names=self.band_names, sensor=self.sensor
         )
+        self._check_same_bands(path, raster.bands)
         return self.to_tensor(raster)
+
+    def _check_same_bands(self, path: str | Path, bands: tuple[str, ...]) -> None:
+        """Every file of a dataset holds the same number of bands: a mix (1-band and 2-band
+        GeoTIFFs in one folder) is an error naming a file of each kind."""
+        if self._first_read is None:
+            self._first_read = (str(path), tuple(bands))
+            return
+        first_path, first = self._first_read
+        if len(bands) != len(first):
+            raise BandMismatchError(
+                path,
+                first,
+                bands,
+                f"the dataset mixes {len(first)}-band files (like {first_path}) and "
+                f"{len(bands)}-band files (like {path}); keep one kind per dataset, select bands "
+                "by name (--bands), or skip the odd files (--skip-bad)",
+            )
 
     def to_tensor(self, raster: Raster) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor]:
         valid = check_values(raster, max_invalid_fraction=self.max_invalid_fraction)

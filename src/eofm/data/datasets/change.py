@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from eofm.errors import DataError, EmptyDatasetError, MissingLabelError
 class ChangeDetectionDataset(EODataset):
     """Bi-temporal pairs with a change mask: ``root/{A,B,label}/<same name>`` (LEVIR/OSCD-like).
 
-    The mask is binarised (non-zero = change) unless ``binary=False``.
+    The mask is binarised (non-zero = change) unless ``binary=False``. A pair without its
+    second image or mask is an error, or with ``on_error="skip"`` left out and listed in
+    :attr:`skipped`.
     """
 
     def __init__(
@@ -48,11 +51,20 @@ class ChangeDetectionDataset(EODataset):
         m_map = {p.stem: p for p in _list_files(dirs[2], extensions)}
         self.records: list[tuple[Path, Path, Path]] = []
         for a in a_files:
+            err: DataError | None = None
             if a.stem not in b_map:
-                raise DataError(a, f"no second-date image {a.stem!r} in {dirs[1]}")
-            if a.stem not in m_map:
-                raise MissingLabelError(a, f"no change mask {a.stem!r} in {dirs[2]}")
-            self.records.append((a, b_map[a.stem], m_map[a.stem]))
+                err = DataError(a, f"no second-date image {a.stem!r} in {dirs[1]}")
+            elif a.stem not in m_map:
+                err = MissingLabelError(a, f"no change mask {a.stem!r} in {dirs[2]}")
+            if err is None:
+                self.records.append((a, b_map[a.stem], m_map[a.stem]))
+            elif self.on_error == "raise":
+                raise err
+            else:  # on_error="skip": an incomplete pair is left out and counted
+                self.skipped[str(a)] = str(err)
+                warnings.warn(f"skipped {a}: {err}", stacklevel=2)
+        if not self.records:
+            raise EmptyDatasetError(self.root, "no complete image pair (A, B and label)")
         self.binary = binary
         self.class_names = ("no_change", "change") if binary else None
 
