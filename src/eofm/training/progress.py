@@ -104,7 +104,7 @@ class PlainProgressBar(ProgressBar):
         step = int(trainer.global_step)
         if step == self._last_step:
             return  # gradient accumulation: the optimizer step has not happened yet
-        every_n = self.every_n_steps or trainer.log_every_n_steps or 50
+        every_n = self.every_n_steps or getattr(trainer, "log_every_n_steps", None) or 50
         now = time.monotonic()
         if step - self._last_step >= every_n or now - self._last_time >= self.every_s:
             self._last_step, self._last_time = step, now
