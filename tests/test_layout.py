@@ -264,3 +264,45 @@ def test_checker_fails_on_a_module_on_no_floor(tmp_path: Path) -> None:
     _write(tmp_path, {"fake/extra/x.py": "", "fake/data/y.py": "import fake.extra.x\n"})
     with pytest.raises(AssertionError, match="extra"):
         layout_problems(tmp_path, "fake", FAKE_FLOORS)
+
+
+#: Lines a module may have before its docstring must say why it is longer ("Longer than 600
+#: lines: ..."): one concept per module, about 500 lines where a natural seam exists.
+MAX_LINES = 600
+
+#: Long modules owned by other work in progress, each with the reason.
+LONG_ELSEWHERE = {
+    "eofm/data/shards.py": "the shard format; owned and being reworked on the data-path branch",
+    "eofm/demo.py": "moves to eofm/pipelines/demo.py on the science branch",
+}
+
+
+def long_modules(root: Path, package: str, max_lines: int = MAX_LINES) -> list[str]:
+    """Modules over ``max_lines`` lines whose docstring does not say why."""
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text()
+        n = text.count("\n")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if n > max_lines and rel not in LONG_ELSEWHERE and f"Longer than {max_lines}" not in doc:
+            out.append(
+                f"{rel}: {n} lines and no 'Longer than {max_lines} lines: <why>' in its docstring"
+            )
+    return out
+
+
+def test_no_module_is_long_without_a_reason() -> None:
+    problems = long_modules(SRC, "eofm")
+    assert not problems, "\n".join(problems)
+
+
+def test_size_check_sees_a_long_module(tmp_path: Path) -> None:
+    body = "x = 1\n" * 700
+    _write(
+        tmp_path,
+        {"fake/big.py": body, "fake/ok.py": '"""Longer than 600 lines: a table."""\n' + body},
+    )
+    assert long_modules(tmp_path, "fake") == [
+        "fake/big.py: 700 lines and no 'Longer than 600 lines: <why>' in its docstring"
+    ]
