@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob as globlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -90,9 +91,14 @@ class SegmentationDataset(EODataset):
             by_key = {_stem_key(m, mask_strip): m for m in mask_files}
             for img in image_files:
                 key = _stem_key(img, image_strip)
-                if key not in by_key:
-                    raise MissingLabelError(img, f"no mask with stem {key!r} found")
-                self.records.append((img, by_key[key]))
+                if key in by_key:
+                    self.records.append((img, by_key[key]))
+                    continue
+                err = MissingLabelError(img, f"no mask with stem {key!r} found")
+                if self.on_error == "raise":
+                    raise err
+                self.skipped[str(img)] = str(err)  # on_error="skip": left out, counted
+                warnings.warn(f"skipped {img}: {err}", stacklevel=2)
         if not self.records:
             raise EmptyDatasetError(str(images), "no images found")
         self.colour_table = (
