@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--dedup", type=float, default=None, help="pruning: near-duplicate cosine threshold"
     )
     parser.add_argument("--write-only", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     parser.add_argument("--tag", default="", help="suffix of the saved parts (e.g. _quick)")
     parser.add_argument("--speed-one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv_list)

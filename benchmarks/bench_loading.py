@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=True,
         help="also time torchgeo's EuroSAT (slow: one epoch per worker setting)",
     )
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     args = parser.parse_args(argv_list)
     lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))

@@ -220,6 +220,11 @@ def write_figures(section: str, figures: list[dict[str, Any]], path: Path | None
     print(f"wrote {len(figures)} figure(s) of {section!r} to {path}")
 
 
+def add_no_write(parser: Any) -> None:
+    """The ``--no-write`` flag every script has: measure and print, leave the results alone."""
+    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+
+
 def heading(section: str, cmd: str) -> list[str]:
     """The first lines of a section: its title and the command that wrote it, with the date."""
     return [section, "", f"`{cmd}` on {dt.date.today().isoformat()}.", ""]
