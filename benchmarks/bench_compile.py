@@ -162,7 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped per run")
     parser.add_argument("--steps", type=int, default=6, help="steps measured per run")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each mode")
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -689,7 +689,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="METHOD:BACKBONE[:bare]: cProfile the engine (or the bare loop), nothing written",
     )
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     return parser.parse_args(argv)
 
 

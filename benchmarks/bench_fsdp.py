@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import results_file
-from bench_memory import rss_mib
+from results_file import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## FSDP memory (CPU)"
@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--data-n", type=int, default=256)
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

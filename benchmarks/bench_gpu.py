@@ -379,7 +379,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-compile", action="store_true", help="eager blocks (default: model.compile=true)"
     )
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     parser.add_argument(
         "--cpu-smoke",
         action="store_true",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_file
 import torch
 from results_file import command, figure, heading, publish
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     args = parser.parse_args(argv_list)
     lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_file
 import torch
 from PIL import Image
 from results_file import command, figure, heading, machine_line, publish
@@ -243,7 +244,7 @@ def run(
         for w, sb in ((w, n / s) for what, w, s, n in rows if what.startswith("(b) "))
         if w == wa
     ]
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = results_file.load_str()
     lines = [
         *heading(SECTION, cmd),
         f"- Machine: {machine_line()}.",
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=True,
         help="also time torchgeo's EuroSAT (slow: one epoch per worker setting)",
     )
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     args = parser.parse_args(argv_list)
     lines, figures = run(args, command(SCRIPT, argv_list))
     print("\n".join(lines))

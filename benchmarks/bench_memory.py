@@ -31,15 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import results_file
+from results_file import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Memory"
 SCRIPT = "bench_memory.py"
 LIMIT_BYTES = 4e9  # "4 GB"
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    return results_file.status_mib(field, float("nan"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-n", type=int, default=1024)
-    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
+    results_file.add_no_write(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

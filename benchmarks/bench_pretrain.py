@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import date
@@ -239,7 +238,7 @@ def figures_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dic
 
 
 def write_section(args: argparse.Namespace, rows: list[dict[str, Any]], total_s: float) -> None:
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    load = results_file.load_str()
     lines = [
         SECTION,
         "",

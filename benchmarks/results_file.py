@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,42 @@ def status_mib(field: str, default: float = 0.0) -> float:
     return default
 
 
+def rss_mib(field: str = "VmRSS") -> float:
+    """A memory field of /proc/self/status in MiB, NaN where there is none."""
+    return status_mib(field, float("nan"))
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process: ``VmHWM`` (its own address space since exec). ``getrusage``'s
+    ``ru_maxrss`` is only the fallback: on Linux a child started by a large parent (the runner)
+    inherits the parent's high-water mark in it."""
+    hwm = status_mib("VmHWM")
+    return hwm if hwm > 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class AnonPeak:
+    """Peak anonymous RSS (memory the process allocated, not the memory-mapped points),
+    sampled every 20 ms in a background thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = status_mib("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, status_mib("RssAnon"))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, status_mib("RssAnon"))
+        return self.peak
+
+
 def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
@@ -181,6 +218,11 @@ def write_figures(section: str, figures: list[dict[str, Any]], path: Path | None
     }
     _atomic_write(path, json.dumps(data, indent=1, default=str) + "\n")
     print(f"wrote {len(figures)} figure(s) of {section!r} to {path}")
+
+
+def add_no_write(parser: Any) -> None:
+    """The ``--no-write`` flag every script has: measure and print, leave the results alone."""
+    parser.add_argument("--no-write", action="store_true", help="do not touch results.md/json")
 
 
 def heading(section: str, cmd: str) -> list[str]:

@@ -211,3 +211,34 @@ def test_open_dataset_recognises_layouts(tmp_path: Path) -> None:
     assert isinstance(open_dataset(tmp_path / "seg"), SegmentationDataset)
     with pytest.raises(DataError, match="does not exist"):
         open_dataset(tmp_path / "nowhere")
+
+
+def test_missing_masks_are_skipped_and_counted_with_on_error_skip(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / "img" / f"{name}.png", np.zeros((4, 4, 3), "uint8"))
+        write_geotiff(tmp_path / "A" / f"{name}.tif", np.ones((3, 4, 4), "uint8"))
+        write_geotiff(tmp_path / "B" / f"{name}.tif", np.ones((3, 4, 4), "uint8"))
+    for name in ("a", "c"):  # b has no mask
+        write_png(tmp_path / "msk" / f"{name}.png", np.zeros((4, 4), "uint8"))
+        write_png(tmp_path / "label" / f"{name}.png", np.zeros((4, 4), "uint8"))
+    with pytest.raises(MissingLabelError, match=r"b\.tif: no change mask"):
+        ChangeDetectionDataset(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped .*b\.tif"):
+        change = ChangeDetectionDataset(tmp_path, on_error="skip")
+    assert len(change) == 2 and list(change.skipped) == [str(tmp_path / "A" / "b.tif")]
+    with pytest.warns(UserWarning, match=r"skipped .*b\.png"):
+        seg = SegmentationDataset(tmp_path / "img", tmp_path / "msk", on_error="skip")
+    assert len(seg) == 2 and "no mask" in seg.skipped[str(tmp_path / "img" / "b.png")]
+
+
+def test_mixed_band_counts_name_a_file_of_each_kind(tmp_path: Path) -> None:
+    write_geotiff(tmp_path / "p" / "a.tif", np.ones((2, 4, 4), "float32"))
+    write_geotiff(tmp_path / "p" / "b.tif", np.ones((1, 4, 4), "float32"))
+    pool = UnlabelledPool(tmp_path / "p")
+    assert pool[0]["image"].shape[0] == 2
+    with pytest.raises(
+        BandMismatchError,
+        match=r"b\.tif: the dataset mixes 2-band files \(like .*a\.tif\) and 1-band files",
+    ):
+        pool[1]
+    assert UnlabelledPool(tmp_path / "p", bands=["band_1"])[1]["image"].shape[0] == 1

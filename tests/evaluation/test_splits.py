@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,34 @@ def test_split_indices_stratified_and_disjoint() -> None:
 def test_split_indices_tiny_set() -> None:
     tr, va, te = split_indices(6, None, seed=0)
     assert va is None and len(te) == 2 and len(tr) == 4
+
+
+def test_named_set_is_found_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> None:
+    from eofm.evaluation import data as evaldata
+
+    monkeypatch.delenv("EOFM_SHARED_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # ../shared/data of this folder does not exist
+    root = evaldata.named_set_root("eurosat-rgb")
+    assert root.resolve() == (shared_data / "eurosat_rgb").resolve()
+    monkeypatch.setenv("EOFM_SHARED_DATA", str(tmp_path / "elsewhere"))  # tried first, absent
+    assert evaldata.named_set_root("eurosat-rgb").resolve() == root.resolve()
+
+
+def test_named_set_error_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eofm.errors import DataError
+    from eofm.evaluation import data as evaldata
+
+    monkeypatch.setitem(evaldata.SHARED_SETS, "nowhere-set", "no_such_folder")
+    monkeypatch.setenv("EOFM_SHARED_DATA", str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        evaldata.resolve_data("nowhere-set", "classification")
+    text = str(err.value)
+    assert str(tmp_path / "env" / "no_such_folder") in text  # $EOFM_SHARED_DATA
+    assert str(Path(evaldata.__file__).resolve().parents[4] / "shared" / "data") in text  # project
+    assert str(tmp_path.parent / "shared" / "data" / "no_such_folder") in text  # cwd
+    assert "EOFM_SHARED_DATA" in text

@@ -29,7 +29,8 @@ with --backbone NAME), or random:<backbone> (e.g. random:vit_small_patch16).
 DATA: anything `eofm data inspect` reads (class folders, CSV with a split column, BigEarthNet,
 Dubai tiles, shards, torchgeo:<Name>:<root>...), a DOTA folder (images/ + labelTxt/), named
 real sets eurosat-rgb, eurosat-ms, dubai, bigearthnet-s2, bigearthnet-s1, wavemode
-(optionally name:<root>; default root $EOFM_SHARED_DATA or ../shared/data), or
+(optionally name:<root>; looked for in $EOFM_SHARED_DATA, then ../shared/data of the
+project, then ../shared/data of the working folder), or
 synthetic[:landcover|multilabel|wavemode|change|ndvi|detection[:N[:SIZE]]].
 
 Tasks and the data they need: knn, linear, finetune (class or multi-label), segmentation
@@ -113,9 +114,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         max_train=args.max_train,
         max_test=args.max_test,
+        band_names=_list(args.band_names) or None,
+        skip_bad=args.skip_bad,
         **opts,
     )
     print(format_summary(result))
+    skipped = result.get("data", {}).get("skipped")
+    if skipped:
+        why = next(iter(result["data"]["skipped_files"].values()))
+        print(f"skipped:   {skipped} unreadable or incomplete samples (--skip-bad), e.g. {why}")
     for kind, path in result.get("report", {}).items():
         print(f"{kind + ':':<10} {path}")
     return 0
@@ -138,6 +145,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="architecture of a checkpoint without a model card")
     p.add_argument("--prefix", help="key prefix of the backbone in the checkpoint (auto)")
     p.add_argument("--bands", help="comma-separated bands to take from the data, in order")
+    p.add_argument(
+        "--band-names",
+        help="the files' own band order, when they do not name their bands (e.g. EuroSAT-MS)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable files and incomplete samples (counted) instead of stopping",
+    )
     p.add_argument("--out", help="output folder (default eofm-eval/<task>)")
     p.add_argument(
         "--baselines", help="comma-separated: random (same backbone, random init), rgb:<path>"

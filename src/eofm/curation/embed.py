@@ -339,7 +339,7 @@ def _run(
     autocast: torch.dtype | None,
     progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     fn = embed_function(model)
     dev = torch.device(device) if device is not None else _model_device(model)
@@ -361,7 +361,7 @@ def _run(
         left[c] += 1
     progress_file = _progress_path(path, int(state["rank"]))
     mm: Any = None
-    bar = tqdm(total=sum(len(b) for b in batches), desc="embedding", disable=not progress)
+    bar = progress_bar(total=sum(len(b) for b in batches), desc="embedding", disable=not progress)
     amp = (
         torch.autocast(dev.type, dtype=autocast)
         if autocast is not None

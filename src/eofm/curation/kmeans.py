@@ -468,7 +468,7 @@ def hierarchical_kmeans(
     ``subsample``: run the whole hierarchy on a random subset of that many points, then assign
     every point of ``x`` to its nearest level-1 centroid (what dynamic pruning does).
     """
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     ks = [int(k) for k in clusters]
     if not ks:
@@ -494,7 +494,9 @@ def hierarchical_kmeans(
     parents: list[I64] = []
     labels0: I64 | None = None
     dist0: F32 | None = None
-    bar = tqdm(total=len(ks) * (1 + n_resamples), desc="hierarchical k-means", disable=not progress)
+    bar = progress_bar(
+        total=len(ks) * (1 + n_resamples), desc="hierarchical k-means", disable=not progress
+    )
     level_data: Array = data
     for level, (k, s) in enumerate(zip(ks, sizes)):
         seed_l = int(rng.integers(2**31))

@@ -55,7 +55,7 @@ def inspect_dataset(
 ) -> tuple[DatasetSummary, list[Sample]]:
     """Scan up to ``max_samples`` samples (spread over the dataset); return the summary and
     a few samples for a preview."""
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     n = len(dataset)  # type: ignore[arg-type]
     if max_samples is not None and max_samples < n:
@@ -73,7 +73,7 @@ def inspect_dataset(
     bands: tuple[str, ...] = ()
     preview: list[Sample] = []
     step = max(1, len(indices) // 16)
-    for k, i in enumerate(tqdm(indices, desc="inspecting", disable=not progress)):
+    for k, i in enumerate(progress_bar(indices, desc="inspecting", disable=not progress)):
         s = dataset[i]
         img = s["image"].double()
         bands = tuple(s["bands"])

@@ -13,223 +13,46 @@
   sample's ``valid`` mask marks False.
 
 ``std`` is the population standard deviation (``ddof=0``, as :func:`numpy.std`).
+
+The card format lives in :mod:`eofm.data.card` and the normaliser in
+:mod:`eofm.data.normalizer`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
-import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from eofm.data.sample import Sample
+from eofm.data.card import (
+    CARD_FORMAT,
+    CARD_NAME,
+    CARD_VERSION,
+    DEFAULT_PERCENTILES,
+    Array,
+    BandStats,
+    DatasetCard,
+    _as_array,
+    percentile_key,
+)
+from eofm.data.normalizer import (
+    STD_EPS,
+    Normalizer,
+    NormMethod,
+)
 from eofm.data.sensors import Sensor, find_sensor, match_bands
 from eofm.errors import (
     BandMismatchError,
     ConfigError,
-    CorruptFileError,
     DataError,
     EmptyDatasetError,
 )
-
-__all__ = [
-    "CARD_NAME",
-    "BandStats",
-    "DatasetCard",
-    "Normalizer",
-    "compute_stats",
-    "load_or_compute_card",
-]
-
-CARD_NAME = "eofm_card.json"
-CARD_FORMAT = "eofm-dataset-card"
-CARD_VERSION = 1
-DEFAULT_PERCENTILES: tuple[float, ...] = (1, 2, 50, 98, 99)
-#: Floor on the standard deviation (and percentile span) a normaliser divides by: a constant
-#: band has std 0 and is mapped to 0 instead of NaN/inf.
-STD_EPS = 1e-6
-
-Array = npt.NDArray[Any]
-NormMethod = Literal["zscore", "minmax_percentile", "softcon"]
-
-
-def percentile_key(q: float) -> str:
-    """Key of percentile ``q`` in :attr:`BandStats.percentiles`: ``p2``, ``p50``, ``p2.5``."""
-    return f"p{float(q):g}"
-
-
-def _float_or_none(x: float) -> float | None:
-    return None if not math.isfinite(x) else float(x)
-
-
-def _none_to_nan(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf as None and numpy scalars/arrays as plain Python."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-@dataclass
-class BandStats:
-    """Statistics of one band over the valid pixels of a dataset."""
-
-    name: str
-    count: int
-    mean: float
-    std: float
-    min: float
-    max: float
-    percentiles: dict[str, float]
-    nodata_fraction: float
-    #: Pixels excluded because they equal a ``nodata`` value or a sample's ``valid`` is False.
-    nodata_count: int = 0
-    #: Pixels excluded because they are NaN or infinite.
-    nonfinite_count: int = 0
-
-    def percentile(self, q: float) -> float:
-        """The stored percentile ``q`` (as computed; see :func:`compute_stats`)."""
-        return self.percentiles[percentile_key(q)]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("mean", "std", "min", "max", "nodata_fraction"):
-            d[key] = _float_or_none(d[key])
-        d["percentiles"] = {k: _float_or_none(v) for k, v in self.percentiles.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BandStats:
-        return cls(
-            name=str(d["name"]),
-            count=int(d["count"]),
-            mean=_none_to_nan(d["mean"]),
-            std=_none_to_nan(d["std"]),
-            min=_none_to_nan(d["min"]),
-            max=_none_to_nan(d["max"]),
-            percentiles={str(k): _none_to_nan(v) for k, v in d["percentiles"].items()},
-            nodata_fraction=_none_to_nan(d["nodata_fraction"]),
-            nodata_count=int(d.get("nodata_count", 0)),
-            nonfinite_count=int(d.get("nonfinite_count", 0)),
-        )
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class DatasetCard:
-    """Per-band statistics of a dataset, cached as a small JSON file next to the data."""
-
-    bands: tuple[str, ...]
-    stats: dict[str, BandStats]
-    num_samples: int
-    sensor: str | None = None
-    source: str = ""
-    created: str = field(default_factory=_now)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": CARD_FORMAT,
-            "version": CARD_VERSION,
-            "bands": list(self.bands),
-            "num_samples": self.num_samples,
-            "sensor": self.sensor,
-            "source": self.source,
-            "created": self.created,
-            "stats": {name: s.to_dict() for name, s in self.stats.items()},
-            "extra": _json_safe(self.extra),
-        }
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the card atomically (temporary file, then :func:`os.replace`)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), "utf-8")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return out
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> DatasetCard:
-        """Read a card; raises :class:`DataError` when missing, CorruptFileError when unreadable."""
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(p, "dataset card not found")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-            if d.get("format") != CARD_FORMAT:
-                raise ValueError(f"not an {CARD_FORMAT} file")
-            return cls(
-                bands=tuple(str(b) for b in d["bands"]),
-                stats={str(k): BandStats.from_dict(v) for k, v in d["stats"].items()},
-                num_samples=int(d["num_samples"]),
-                sensor=d.get("sensor"),
-                source=str(d.get("source", "")),
-                created=str(d.get("created", "")),
-                extra=dict(d.get("extra") or {}),
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptFileError(p, f"cannot read dataset card: {exc}") from exc
-
-    def _names(self, bands: Sequence[str] | None) -> list[str]:
-        if bands is None:
-            return list(self.bands)
-        idx = match_bands(
-            bands, self.bands, sensor=find_sensor(self.sensor), path=self.source or None
-        )
-        return [self.bands[i] for i in idx]
-
-    def mean_std(self, bands: Sequence[str] | None = None) -> tuple[Array, Array]:
-        """Mean and std (float64) of ``bands``, matched by name, in the requested order."""
-        names = self._names(bands)
-        mean = np.array([self.stats[n].mean for n in names], dtype=np.float64)
-        std = np.array([self.stats[n].std for n in names], dtype=np.float64)
-        return mean, std
-
-    def percentile_range(
-        self, bands: Sequence[str] | None = None, low: float = 2, high: float = 98
-    ) -> tuple[Array, Array]:
-        """Percentiles ``low`` and ``high`` of ``bands``, by name, in the requested order."""
-        names = self._names(bands)
-        try:
-            lo = np.array([self.stats[n].percentile(low) for n in names], dtype=np.float64)
-            hi = np.array([self.stats[n].percentile(high) for n in names], dtype=np.float64)
-        except KeyError as exc:
-            raise ConfigError(
-                f"dataset card has no percentile {exc.args[0]}; recompute with percentiles="
-            ) from None
-        return lo, hi
-
-
-# --------------------------------------------------------------------------------------------
-# streaming accumulator
+from eofm.progress import progress as progress_bar
 
 
 class _Accumulator:
@@ -374,17 +197,6 @@ class _Accumulator:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# sources
-
-
-def _as_array(value: Any) -> Array:
-    if isinstance(value, torch.Tensor):
-        out: Array = value.detach().cpu().numpy()
-        return out
-    return np.asarray(value)
-
-
 def _identity(sample: Any) -> Any:
     return sample
 
@@ -511,7 +323,7 @@ def compute_stats(
     names: tuple[str, ...] | None = None
     index_cache: dict[tuple[str, ...] | None, list[int] | None] = {}
     num = 0
-    with tqdm(total=total, disable=not progress, desc="band statistics", unit="img") as bar:
+    with progress_bar(total=total, disable=not progress, desc="band statistics", unit="img") as bar:
         for images, valid, item_bands, path, count in chunks:
             if images.ndim < 3:
                 raise DataError(
@@ -591,10 +403,6 @@ def _band_index(
     return None if idx == list(range(channels)) else idx
 
 
-# --------------------------------------------------------------------------------------------
-# cache
-
-
 def load_or_compute_card(root: str | os.PathLike[str], dataset: Any, **kw: Any) -> DatasetCard:
     """The card cached at ``root/eofm_card.json``, recomputed when missing, unreadable or stale.
 
@@ -634,130 +442,18 @@ def _card_stale(card: DatasetCard, dataset: Any, expected: Any, kw: dict[str, An
     return False
 
 
-# --------------------------------------------------------------------------------------------
-# normaliser
-
-
-class Normalizer(torch.nn.Module):
-    """Normalise images band by band; works on ``(C, H, W)`` and ``(B, C, H, W)``.
-
-    Methods:
-
-    - ``"zscore"``: ``(x - mean) / std``;
-    - ``"minmax_percentile"``: ``(x - low) / (high - low)`` clipped to 0..1, with ``low`` and
-      ``high`` the 2nd and 98th percentiles when built :meth:`from_card`;
-    - ``"softcon"``: ``(x - (mean - 2 std)) / (4 std)`` clipped to 0..1.
-
-    Divisors are floored at ``eps`` (a constant band has std 0 and maps to 0, not NaN).
-    NaN inputs become ``nodata_fill`` after normalisation.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    low: torch.Tensor
-    high: torch.Tensor
-
-    def __init__(
-        self,
-        mean: Sequence[float] | Array | torch.Tensor,
-        std: Sequence[float] | Array | torch.Tensor,
-        *,
-        bands: Sequence[str],
-        method: NormMethod = "zscore",
-        nodata_fill: float = 0.0,
-        low: Sequence[float] | Array | torch.Tensor | None = None,
-        high: Sequence[float] | Array | torch.Tensor | None = None,
-        eps: float = STD_EPS,
-    ) -> None:
-        super().__init__()
-        if method not in ("zscore", "minmax_percentile", "softcon"):
-            raise ConfigError(
-                f"unknown normalisation {method!r}; use zscore, minmax_percentile or softcon"
-            )
-        self.bands = tuple(bands)
-        self.method: NormMethod = method
-        self.nodata_fill = float(nodata_fill)
-        self.eps = float(eps)
-        c = len(self.bands)
-        mean_t = torch.as_tensor(np.asarray(_as_array(mean), dtype=np.float32)).reshape(-1)
-        std_t = torch.as_tensor(np.asarray(_as_array(std), dtype=np.float32)).reshape(-1)
-        if mean_t.numel() != c or std_t.numel() != c:
-            raise ConfigError(
-                f"{c} bands but {mean_t.numel()} means and {std_t.numel()} stds were given"
-            )
-        if method == "minmax_percentile" and (low is None or high is None):
-            raise ConfigError("minmax_percentile needs low= and high= (or use from_card)")
-        low_t = (
-            mean_t - 2 * std_t
-            if low is None
-            else torch.as_tensor(np.asarray(_as_array(low), dtype=np.float32)).reshape(-1)
-        )
-        high_t = (
-            mean_t + 2 * std_t
-            if high is None
-            else torch.as_tensor(np.asarray(_as_array(high), dtype=np.float32)).reshape(-1)
-        )
-        if low_t.numel() != c or high_t.numel() != c:
-            raise ConfigError(f"{c} bands but {low_t.numel()}/{high_t.numel()} low/high values")
-        self.register_buffer("mean", mean_t.clone())
-        self.register_buffer("std", std_t.clamp_min(self.eps))
-        self.register_buffer("low", low_t.clone())
-        self.register_buffer("high", high_t.clone())
-
-    @classmethod
-    def from_card(
-        cls,
-        card: DatasetCard,
-        bands: Sequence[str] | None = None,
-        method: NormMethod = "zscore",
-        *,
-        nodata_fill: float = 0.0,
-        low_q: float = 2,
-        high_q: float = 98,
-    ) -> Normalizer:
-        """A normaliser for ``bands`` (matched by name, in this order) from a card's stats."""
-        mean, std = card.mean_std(bands)
-        names = tuple(card._names(bands))
-        low = high = None
-        if method == "minmax_percentile":
-            low, high = card.percentile_range(bands, low_q, high_q)
-        return cls(
-            mean, std, bands=names, method=method, nodata_fill=nodata_fill, low=low, high=high
-        )
-
-    def extra_repr(self) -> str:
-        return f"method={self.method!r}, bands={list(self.bands)}"
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalise ``image`` ``(C, H, W)`` or ``(B, C, H, W)``; returns float32."""
-        if image.ndim not in (3, 4) or image.shape[-3] != len(self.bands):
-            raise BandMismatchError(
-                None,
-                self.bands,
-                [f"<tensor of shape {tuple(image.shape)}>"],
-                "expected (C, H, W) or (B, C, H, W) with one channel per band",
-            )
-        x = image.float()
-        shape = (-1, 1, 1)
-        if self.method == "zscore":
-            out = (x - self.mean.view(shape)) / self.std.view(shape)
-        elif self.method == "minmax_percentile":
-            span = (self.high - self.low).clamp_min(self.eps)
-            out = ((x - self.low.view(shape)) / span.view(shape)).clamp(0.0, 1.0)
-        else:  # softcon
-            lo = self.mean - 2 * self.std
-            out = ((x - lo.view(shape)) / (4 * self.std).view(shape)).clamp(0.0, 1.0)
-        return torch.where(torch.isnan(out), torch.full_like(out, self.nodata_fill), out)
-
-    def normalize_sample(self, sample: Sample) -> Sample:
-        """Transform for sample dicts: picks this normaliser's bands by name, then normalises."""
-        names = tuple(sample["bands"])
-        out = dict(sample)
-        image = sample["image"]
-        if names != self.bands:
-            where = sample.get("path")
-            idx = match_bands(self.bands, names, path=None if where is None else str(where))
-            image = image[..., idx, :, :]
-            out["bands"] = tuple(names[i] for i in idx)
-        out["image"] = self(image)
-        return out
+__all__ = [
+    "CARD_FORMAT",
+    "CARD_NAME",
+    "CARD_VERSION",
+    "DEFAULT_PERCENTILES",
+    "STD_EPS",
+    "Array",
+    "BandStats",
+    "DatasetCard",
+    "NormMethod",
+    "Normalizer",
+    "compute_stats",
+    "load_or_compute_card",
+    "percentile_key",
+]

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eofm.evaluation.data import default_cache_dir
+from eofm.evaluation.evaldata import default_cache_dir
 
 
 @dataclass

@@ -10,13 +10,19 @@
   regression) and ``detection`` (DOTA-style folder of rotated objects);
 - named real sets ``eurosat-rgb``, ``eurosat-ms``, ``dubai``, ``bigearthnet-s2``,
   ``bigearthnet-s1``, ``wavemode`` (optionally ``name:<root>``; the default root is
-  ``$EOFM_SHARED_DATA/<folder>`` or ``../shared/data/<folder>``);
+  the first of ``$EOFM_SHARED_DATA/<folder>``, the project's ``../shared/data/<folder>`` and
+  the working folder's ``../shared/data/<folder>`` that exists, see :func:`named_set_root`);
 - a DOTA-style folder (``images/`` + ``labelTxt/``) for detection.
 
 Splits: a ``split`` column of the CSV is used where it exists (EuroSAT RGB's
 ``splits_seed42.csv``); named sets have fixed splits (Dubai: tiles 1-6 train, 7 val, 8 test;
 EuroSAT-MS: the ``shrey160`` train/test folders); otherwise a seeded split, stratified by class
 for single-label data (15 % val, 15 % test; sets under 30 samples: a third for test, no val).
+
+The types and helpers live in their own modules and are re-exported here:
+:mod:`eofm.evaluation.evaldata` (:class:`EvalData`, :class:`ArrayDataset`),
+:mod:`eofm.evaluation.splits` (subsets, labels, fractions, splits) and
+:mod:`eofm.evaluation.synthetic` (the generated arrays).
 """
 
 from __future__ import annotations
@@ -27,30 +33,37 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from eofm.data.sample import Sample
 from eofm.errors import ConfigError, DataError, MissingLabelError
-
-Array = npt.NDArray[Any]
-
-#: Kinds of labels a dataset can provide to the protocols.
-KINDS = (
-    "classification",
-    "multilabel",
-    "segmentation",
-    "change",
-    "detection",
-    "regression",
-    "pixel_regression",
-    "images",
+from eofm.evaluation.evaldata import (
+    KINDS,
+    Array,
+    ArrayDataset,
+    EvalData,
+    default_cache_dir,
+)
+from eofm.evaluation.splits import (
+    TINY,
+    BatchSubset,
+    base_dataset,
+    dataset_labels,
+    fraction_indices,
+    limit,
+    make_subset,
+    split_indices,
+    stratified_sample,
+)
+from eofm.evaluation.synthetic import (
+    SYNTH_DEFAULTS,
+    SYNTHETIC_KINDS,
+    synthetic_arrays,
+    synthetic_dataset,
 )
 
 #: Named real sets and their folders under the shared data root.
@@ -63,330 +76,45 @@ SHARED_SETS: dict[str, str] = {
     "wavemode": "s1_wavemode_wvnet_samples",
 }
 
+
 #: Dubai tiles per split (fixed: the tiles are spatially separate areas).
 DUBAI_SPLIT = {"train": (1, 2, 3, 4, 5, 6), "val": (7,), "test": (8,)}
 
-SYNTHETIC_KINDS = ("landcover", "multilabel", "wavemode", "change", "ndvi", "detection")
-_SYNTH_DEFAULTS = {
-    "landcover": (600, 32),
-    "multilabel": (600, 32),
-    "wavemode": (400, 64),
-    "change": (160, 64),
-    "ndvi": (160, 64),
-    "detection": (120, 96),
-}
-TINY = 30
 
-
-def default_cache_dir() -> Path:
-    """``$EOFM_CACHE_DIR`` or ``~/.cache/eofm``."""
-    env = os.environ.get("EOFM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "eofm"
+def shared_data_roots() -> list[Path]:
+    """Where named sets are looked for, in order: ``$EOFM_SHARED_DATA``, ``../shared/data`` of
+    the project (the repository holding this source tree), ``../shared/data`` of the working
+    folder."""
+    roots = []
+    env = os.environ.get("EOFM_SHARED_DATA")
+    if env:
+        roots.append(Path(env))
+    project = Path(__file__).resolve().parents[3]  # src/eofm/evaluation/data.py -> the repo
+    if (project / "pyproject.toml").is_file():
+        roots.append(project.parent / "shared" / "data")
+    roots.append(Path.cwd().parent / "shared" / "data")
+    return list(dict.fromkeys(roots))
 
 
 def shared_data_root() -> Path:
-    """``$EOFM_SHARED_DATA`` or ``../shared/data`` (relative to the working directory)."""
-    env = os.environ.get("EOFM_SHARED_DATA")
-    return Path(env) if env else Path("..") / "shared" / "data"
+    """The first of :func:`shared_data_roots` that exists (else the first one)."""
+    roots = shared_data_roots()
+    return next((r for r in roots if r.is_dir()), roots[0])
 
 
-class ArrayDataset(Dataset[Sample]):
-    """Samples held in NumPy arrays (synthetic sets, tests); supports fast ``get_batch``."""
-
-    def __init__(
-        self,
-        images: Array,
-        bands: Sequence[str],
-        *,
-        labels: Array | None = None,
-        masks: Array | None = None,
-        targets: Array | None = None,
-        images2: Array | None = None,
-        class_names: Sequence[str] | None = None,
-        target_names: Sequence[str] | None = None,
-        sensor: str | None = None,
-        name: str = "arrays",
-    ) -> None:
-        n = len(images)
-        for what, arr in (("labels", labels), ("masks", masks), ("targets", targets)):
-            if arr is not None and len(arr) != n:
-                raise ConfigError(f"{len(arr)} {what} for {n} images")
-        self.images = images
-        self.images2 = images2
-        self.labels = labels
-        self.masks = masks
-        self.targets = targets
-        self.bands = tuple(bands)
-        self.class_names = tuple(class_names) if class_names is not None else None
-        self.target_names = tuple(target_names) if target_names is not None else None
-        self.sensor = sensor
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def _one(self, arr: Array, i: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(arr[i])).to(dtype)
-
-    def __getitem__(self, index: int) -> Sample:
-        i = int(index)
-        out: Sample = {
-            "image": self._one(self.images, i, torch.float32),
-            "bands": self.bands,
-            "path": f"{self.name}[{i}]",
-        }
-        if self.images2 is not None:
-            out["image2"] = self._one(self.images2, i, torch.float32)
-        if self.labels is not None:
-            lab = self.labels[i]
-            out["label"] = torch.as_tensor(lab).to(
-                torch.int64 if np.asarray(lab).ndim == 0 else torch.float32
-            )
-        if self.masks is not None:
-            out["mask"] = self._one(self.masks, i, torch.int64)
-        if self.targets is not None:
-            out["target"] = self._one(self.targets, i, torch.float32)
-        return out
-
-    def get_batch(self, indices: Sequence[int] | Array) -> dict[str, Any]:
-        """Stacked samples, like :func:`eofm.data.sample.collate_samples`."""
-        idx = np.asarray(indices, dtype=np.int64)
-        out: dict[str, Any] = {
-            "image": torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32)),
-            "bands": self.bands,
-        }
-        if self.images2 is not None:
-            out["image2"] = torch.from_numpy(np.asarray(self.images2[idx], dtype=np.float32))
-        if self.labels is not None:
-            lab = np.asarray(self.labels[idx])
-            out["label"] = torch.from_numpy(
-                lab.astype(np.int64) if lab.ndim == 1 else lab.astype(np.float32)
-            )
-        if self.masks is not None:
-            out["mask"] = torch.from_numpy(np.asarray(self.masks[idx], dtype=np.int64))
-        if self.targets is not None:
-            out["target"] = torch.from_numpy(np.asarray(self.targets[idx], dtype=np.float32))
-        out["path"] = [f"{self.name}[{i}]" for i in idx.tolist()]
-        return out
-
-
-@dataclass
-class EvalData:
-    """A dataset resolved for one protocol: splits, bands and what the labels are."""
-
-    spec: str
-    kind: str
-    train: Dataset[Sample]
-    test: Dataset[Sample]
-    val: Dataset[Sample] | None
-    bands: tuple[str, ...]
-    class_names: tuple[str, ...] | None = None
-    target_names: tuple[str, ...] | None = None
-    sensor: str | None = None
-    split_note: str = ""
-    #: Stable text identifying data + splits + bands (feature and card caches key on it).
-    key: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.class_names is None else len(self.class_names)
-
-    def sizes(self) -> dict[str, int]:
-        out = {"train": len(self.train), "test": len(self.test)}  # type: ignore[arg-type]
-        if self.val is not None:
-            out["val"] = len(self.val)  # type: ignore[arg-type]
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "kind": self.kind,
-            "bands": list(self.bands),
-            "classes": list(self.class_names) if self.class_names else None,
-            "targets": list(self.target_names) if self.target_names else None,
-            "splits": self.sizes(),
-            "split_note": self.split_note,
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# labels and splits
-
-
-class BatchSubset(Subset[Sample]):
-    """A ``Subset`` that keeps the fast ``get_batch`` of the dataset it wraps."""
-
-    def get_batch(self, indices: Sequence[int] | Array) -> dict[str, Any]:
-        inner, idx = base_dataset(self)
-        batch: dict[str, Any] = inner.get_batch(idx[np.asarray(indices, dtype=np.int64)])  # type: ignore[attr-defined]
-        return batch
-
-
-def make_subset(ds: Dataset[Sample], indices: Sequence[int] | Array) -> Subset[Sample]:
-    """``Subset(ds, indices)``, keeping ``get_batch`` where ``ds`` has it."""
-    idx = [int(i) for i in indices]
-    inner, _ = base_dataset(ds)
-    return BatchSubset(ds, idx) if hasattr(inner, "get_batch") else Subset(ds, idx)
-
-
-def base_dataset(ds: Dataset[Sample]) -> tuple[Dataset[Sample], Array]:
-    """The innermost dataset under ``Subset`` wrappers and the indices into it."""
-    idx: Array | None = None
-    while isinstance(ds, Subset):
-        sub = np.asarray(ds.indices, dtype=np.int64)
-        idx = sub if idx is None else sub[idx]
-        ds = ds.dataset
-    if idx is None:
-        idx = np.arange(len(ds))  # type: ignore[arg-type]
-    return ds, idx
-
-
-def dataset_labels(ds: Dataset[Sample], *, read_limit: int = 20000) -> Array | None:
-    """Labels of every sample (int class indices or multi-hot rows) without reading images
-    where the dataset allows it; ``None`` when the dataset has no labels."""
-    inner, idx = base_dataset(ds)
-    if isinstance(inner, ArrayDataset):
-        return None if inner.labels is None else np.asarray(inner.labels)[idx]
-    records = getattr(inner, "records", None)
-    if records and isinstance(records[0], tuple) and len(records[0]) == 2:
-        second = records[0][1]
-        if isinstance(second, (int, np.integer)):
-            return np.asarray([records[i][1] for i in idx], dtype=np.int64)
-        if isinstance(second, np.ndarray):
-            return np.stack([records[i][1] for i in idx]).astype(np.float32)
-    store = getattr(inner, "_store", None)
-    if store is not None:
-        if store.label_kind == "none":
-            return None
-        parts = [np.asarray(store.arrays(s)["labels"]) for s in range(len(store.counts))]
-        return np.concatenate(parts)[idx]
-    if len(idx) > read_limit:
-        return None
-    labels = []
-    for i in range(len(ds)):  # type: ignore[arg-type]
-        sample = ds[i]
-        if "label" not in sample:
-            return None
-        labels.append(np.asarray(sample["label"]))
-    return np.stack(labels)
-
-
-def fraction_indices(
-    labels: Array, fraction: float, seed: int, *, multilabel: bool | None = None
-) -> Array:
-    """A stratified subset holding ``fraction`` of the samples, sorted.
-
-    Single-label: ``max(1, round(fraction * n_c))`` samples of every class ``c`` (so every class
-    is present). Multi-label: ``max(1, round(fraction * N))`` samples, starting with one
-    positive of each class (rarest first), then random ones.
-    """
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    multi = labels.ndim == 2 if multilabel is None else multilabel
-    if not multi:
-        out = []
-        for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
-            k = min(len(members), max(1, round(fraction * len(members))))
-            out.append(rng.choice(members, size=k, replace=False))
-        return np.sort(np.concatenate(out))
-    n = len(labels)
-    size = max(1, round(fraction * n))
-    chosen: list[int] = []
-    taken = np.zeros(n, dtype=bool)
-    counts = labels.sum(0)
-    for c in np.argsort(counts):
-        if counts[c] == 0 or len(chosen) >= size or labels[taken, c].any():
-            continue
-        members = np.flatnonzero((labels[:, c] > 0) & ~taken)
-        pick = int(rng.choice(members))
-        chosen.append(pick)
-        taken[pick] = True
-    rest = np.flatnonzero(~taken)
-    extra = rng.choice(rest, size=max(0, size - len(chosen)), replace=False)
-    return np.sort(np.concatenate([np.asarray(chosen, dtype=np.int64), extra]).astype(np.int64))
-
-
-def stratified_sample(labels: Array, size: int, seed: int) -> Array:
-    """Exactly ``size`` indices, sorted, with classes in proportion (largest remainders; every
-    class gets one first when ``size`` allows)."""
-    lab = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(lab, return_counts=True)
-    size = min(size, len(lab))
-    quota = np.floor(size * counts / len(lab)).astype(np.int64)
-    if size >= len(classes):
-        quota = np.maximum(quota, 1)
-    while quota.sum() > size:  # the minimum of one pushed us over: trim the largest
-        quota[np.argmax(quota)] -= 1
-    remainder = size * counts / len(lab) - quota
-    for c in np.argsort(-remainder, kind="stable"):
-        if quota.sum() >= size:
-            break
-        if quota[c] < counts[c]:
-            quota[c] += 1
-    out = [
-        rng.choice(np.flatnonzero(lab == c), size=q, replace=False) for c, q in zip(classes, quota)
-    ]
-    return np.sort(np.concatenate(out)).astype(np.int64)
-
-
-def split_indices(
-    n: int,
-    labels: Array | None,
-    *,
-    seed: int,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-) -> tuple[Array, Array | None, Array]:
-    """Seeded train/val/test indices; stratified by class for single-label ``labels``.
-
-    Sets under 30 samples get a third for test and no validation split.
-    """
-    rng = np.random.default_rng(seed)
-    if n < 2:
-        raise DataError(None, f"cannot split {n} sample(s) into train and test")
-    if n < TINY:
-        perm = rng.permutation(n)
-        k = max(1, round(n / 3))
-        return np.sort(perm[k:]), None, np.sort(perm[:k])
-    groups: list[Array]
-    if labels is not None and np.asarray(labels).ndim == 1:
-        lab = np.asarray(labels)
-        groups = [rng.permutation(np.flatnonzero(lab == c)) for c in np.unique(lab)]
-    else:
-        groups = [rng.permutation(n)]
-    train, val, test = [], [], []
-    for g in groups:
-        n_test = round(test_fraction * len(g))
-        n_val = round(val_fraction * len(g))
-        if len(g) - n_test - n_val < 1:
-            n_test, n_val = min(n_test, len(g) - 1), 0
-        test.append(g[:n_test])
-        val.append(g[n_test : n_test + n_val])
-        train.append(g[n_test + n_val :])
-    cat = [np.sort(np.concatenate(p)).astype(np.int64) for p in (train, val, test)]
-    return cat[0], (cat[1] if len(cat[1]) else None), cat[2]
-
-
-def limit(ds: Dataset[Sample], size: int | None, seed: int) -> Dataset[Sample]:
-    """At most ``size`` samples of ``ds`` (stratified when labels are single-label)."""
-    n = len(ds)  # type: ignore[arg-type]
-    if size is None or n <= size:
-        return ds
-    labels = dataset_labels(ds)
-    if labels is not None and labels.ndim == 1:
-        idx = stratified_sample(labels, size, seed)
-    else:
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-    return make_subset(ds, idx)
-
-
-# --------------------------------------------------------------------------------------------
-# resolution
+def named_set_root(name: str) -> Path:
+    """The folder of the named set ``name``: the first root of :func:`shared_data_roots` that
+    holds it; :class:`DataError` naming every place looked in when none does."""
+    tried = [root / SHARED_SETS[name] for root in shared_data_roots()]
+    for path in tried:
+        if path.exists():
+            return path
+    raise DataError(
+        tried[0],
+        f"{name}: data folder not found; looked in "
+        + ", ".join(str(p) for p in tried)
+        + " (set EOFM_SHARED_DATA to the folder holding it, or use name:ROOT)",
+    )
 
 
 def _task_for_catalog(kind: str) -> str:
@@ -493,11 +221,16 @@ def resolve_data(
     max_train: int | None = None,
     max_test: int | None = None,
     progress: bool = False,
+    band_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
 ) -> EvalData:
     """Open ``spec`` for a protocol that needs labels of ``kind`` (see :data:`KINDS`).
 
     ``kind="classification"`` accepts single- and multi-label data. Raises
-    :class:`MissingLabelError` when the data has no labels of that kind.
+    :class:`MissingLabelError` when the data has no labels of that kind. ``band_names``: the
+    files' own band order, when they do not name their bands; ``skip_bad``: leave unreadable
+    files and incomplete samples out (counted in :meth:`EvalData.skipped`) instead of stopping.
+    Both apply to folders and files (not to named or synthetic sets).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown data kind {kind!r}; known: {', '.join(KINDS)}")
@@ -509,9 +242,9 @@ def resolve_data(
     elif head in SHARED_SETS and not Path(text).exists():
         data = _named(text, kind, bands=bands, seed=seed)
     elif _is_dota(Path(text)):
-        data = _dota(Path(text), kind, bands=bands, seed=seed)
+        data = _dota(Path(text), kind, bands=bands, seed=seed, **_open_kw(band_names, skip_bad))
     else:
-        data = _generic(text, kind, bands=bands, seed=seed)
+        data = _generic(text, kind, bands=bands, seed=seed, **_open_kw(band_names, skip_bad))
     if max_train is not None or max_test is not None:
         data.train = limit(data.train, max_train, seed)
         data.test = limit(data.test, max_test, seed + 1)
@@ -544,10 +277,22 @@ def _need(found: str | None, kind: str, spec: str, what: str = "") -> str:
     return found
 
 
-def _generic(spec: str, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
+def _open_kw(band_names: Sequence[str] | None, skip_bad: bool) -> dict[str, Any]:
+    """Dataset keywords for ``band_names`` and ``skip_bad`` (only those that are set)."""
+    kw: dict[str, Any] = {}
+    if band_names:
+        kw["band_names"] = list(band_names)
+    if skip_bad:
+        kw["on_error"] = "skip"
+    return kw
+
+
+def _generic(
+    spec: str, kind: str, *, bands: Sequence[str] | None, seed: int, **open_kw: Any
+) -> EvalData:
     from eofm.data.catalog import open_dataset
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(open_kw)
     if bands:
         kwargs["bands"] = list(bands)
     ds = open_dataset(spec, task=_task_for_catalog(kind), **kwargs)  # type: ignore[arg-type]
@@ -600,9 +345,9 @@ def _generic(spec: str, kind: str, *, bands: Sequence[str] | None, seed: int) ->
 def _named(spec: str, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
     name, _, root_text = spec.partition(":")
     name = name.lower()
-    root = Path(root_text) if root_text else shared_data_root() / SHARED_SETS[name]
+    root = Path(root_text) if root_text else named_set_root(name)
     if not root.exists():
-        raise DataError(root, f"{name}: data folder not found (set EOFM_SHARED_DATA or name:ROOT)")
+        raise DataError(root, f"{name}: data folder not found")
     if name == "eurosat-rgb":
         return _generic(str(root), kind, bands=bands, seed=seed)
     if name == "eurosat-ms":
@@ -680,18 +425,16 @@ def _is_dota(path: Path) -> bool:
     return path.is_dir() and (path / "images").is_dir() and (path / "labelTxt").is_dir()
 
 
-def _dota(root: Path, kind: str, *, bands: Sequence[str] | None, seed: int) -> EvalData:
-    from eofm.evaluation.detection import DotaDataset
+def _dota(
+    root: Path, kind: str, *, bands: Sequence[str] | None, seed: int, **open_kw: Any
+) -> EvalData:
+    from eofm.evaluation.dota import DotaDataset
 
     _need("detection", kind, str(root), " (DOTA folder)")
-    ds = DotaDataset(root, bands=bands)
+    ds = DotaDataset(root, bands=bands, **open_kw)
     data = _split_generic(ds, str(root), "detection", seed)
     data.class_names = ds.class_names
     return data
-
-
-# --------------------------------------------------------------------------------------------
-# synthetic sets
 
 
 def _synthetic(
@@ -713,7 +456,7 @@ def _synthetic(
     sk = parts[1].lower() if len(parts) > 1 and parts[1] else default_kind
     if sk not in SYNTHETIC_KINDS:
         raise ConfigError(f"unknown synthetic kind {sk!r}; known: {', '.join(SYNTHETIC_KINDS)}")
-    n_default, size_default = _SYNTH_DEFAULTS[sk]
+    n_default, size_default = SYNTH_DEFAULTS[sk]
     try:
         n = int(parts[2]) if len(parts) > 2 and parts[2] else n_default
         size = int(parts[3]) if len(parts) > 3 and parts[3] else size_default
@@ -721,18 +464,18 @@ def _synthetic(
         raise ConfigError(f"{spec!r}: expected synthetic:<kind>:<n>:<size> ({err})") from None
     folder = cache / "synthetic" / f"{sk}_n{n}_s{size}_seed{seed}"
     if sk == "detection":
-        from eofm.evaluation.detection import write_synthetic_detection
+        from eofm.evaluation.dota import write_synthetic_detection
 
         if not (folder / "done.json").exists():
             write_synthetic_detection(folder, n=n, size=size, seed=seed)
         return _dota(folder, kind, bands=bands, seed=seed)
     if sk == "multilabel":  # land cover with multi-hot labels (classes covering >= 5 %)
         folder = cache / "synthetic" / f"landcover_n{n}_s{size}_seed{seed}"
-        arrays = _synthetic_arrays("landcover", n, size, seed, folder, progress)
-        ds = _synthetic_dataset("landcover", "multilabel", arrays, spec)
+        arrays = synthetic_arrays("landcover", n, size, seed, folder, progress)
+        ds = synthetic_dataset("landcover", "multilabel", arrays, spec)
     else:
-        arrays = _synthetic_arrays(sk, n, size, seed, folder, progress)
-        ds = _synthetic_dataset(sk, kind, arrays, spec)
+        arrays = synthetic_arrays(sk, n, size, seed, folder, progress)
+        ds = synthetic_dataset(sk, kind, arrays, spec)
     if bands:
         from eofm.data.sensors import match_bands
 
@@ -750,135 +493,26 @@ def _synthetic(
     return data
 
 
-def _synthetic_arrays(
-    sk: str, n: int, size: int, seed: int, folder: Path, progress: bool
-) -> dict[str, Array]:
-    path = folder / "arrays.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Array]
-    if sk == "wavemode":
-        from eofm.data.synthetic import generate_wavemode
-
-        w = generate_wavemode(n, size, seed=seed, progress=progress)
-        out = {
-            "images": w.images.astype(np.float32),
-            "labels": w.labels,
-            "targets": np.stack([w.hs, w.wind_speed], 1).astype(np.float32),
-        }
-    else:
-        from eofm.data.synthetic import generate_landcover
-
-        sensors = ("s2", "s1") if sk == "ndvi" else ("s2",)
-        pairs = sk == "change"
-        s = generate_landcover(n * (2 if pairs else 1), size, seed=seed, sensors=sensors)
-        assert s.s2 is not None
-        if sk == "landcover":
-            out = {
-                "images": s.s2,
-                "labels": s.labels,
-                "masks": s.masks,
-                "fractions": s.fractions,
-                "multi_hot": s.multi_hot(),
-            }
-        elif sk == "ndvi":
-            assert s.s1 is not None
-            s2 = s.s2.astype(np.float32)
-            from eofm.data.synthetic import S2_BANDS
-
-            nir, red = s2[:, S2_BANDS.index("B08")], s2[:, S2_BANDS.index("B04")]
-            ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
-            out = {"images": s.s1.astype(np.float32), "targets": ndvi[:, None].astype(np.float32)}
-        else:
-            out = _make_change_pairs(s.s2, s.masks, n, seed)
-    tmp = folder / "arrays.tmp.npz"
-    np.savez(tmp, **out)  # type: ignore[arg-type]
-    os.replace(tmp, path)
-    return out
-
-
-def _make_change_pairs(s2: Array, masks: Array, n: int, seed: int) -> dict[str, Array]:
-    """Pairs (scene i, scene i with blobs pasted from scene n + i); change = pasted pixels whose
-    land-cover class differs. The second date gets a small radiometric gain."""
-    rng = np.random.default_rng(seed + 7)
-    size = s2.shape[-1]
-    before = s2[:n].astype(np.float32)
-    after = before.copy()
-    change = np.zeros((n, size, size), dtype=np.int64)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        region = np.zeros((size, size), dtype=bool)
-        for _ in range(int(rng.integers(1, 4))):
-            cy, cx = rng.uniform(0, size, 2)
-            ry, rx = rng.uniform(size / 10, size / 4, 2)
-            region |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        src = n + i
-        after[i][:, region] = s2[src][:, region]
-        change[i] = region & (masks[i] != masks[src])
-        after[i] *= np.float32(rng.normal(1.0, 0.03))
-    return {
-        "images": before,
-        "images2": after,
-        "masks": change,
-    }
-
-
-def _synthetic_dataset(sk: str, kind: str, a: dict[str, Array], spec: str) -> ArrayDataset:
-    from eofm.data.synthetic import CLASS_NAMES, S1_BANDS, S2_BANDS, WV_BANDS, WV_CLASS_NAMES
-
-    name = spec
-    if sk == "wavemode":
-        if kind == "regression":
-            return ArrayDataset(
-                a["images"],
-                WV_BANDS,
-                targets=a["targets"],
-                target_names=("hs", "wind_speed"),
-                sensor="sentinel1_wv",
-                name=name,
-            )
-        return ArrayDataset(
-            a["images"],
-            WV_BANDS,
-            labels=a["labels"],
-            class_names=WV_CLASS_NAMES,
-            sensor="sentinel1_wv",
-            name=name,
-        )
-    if sk == "ndvi":
-        return ArrayDataset(
-            a["images"],
-            S1_BANDS,
-            targets=a["targets"],
-            target_names=("ndvi",),
-            sensor="sentinel1_grd",
-            name=name,
-        )
-    if sk == "change":
-        return ArrayDataset(
-            a["images"],
-            S2_BANDS,
-            images2=a["images2"],
-            masks=a["masks"],
-            class_names=("no_change", "change"),
-            sensor="sentinel2_l1c",
-            name=name,
-        )
-    common: dict[str, Any] = {"sensor": "sentinel2_l1c", "name": name}
-    if kind == "segmentation":
-        return ArrayDataset(
-            a["images"], S2_BANDS, masks=a["masks"], class_names=CLASS_NAMES, **common
-        )
-    if kind == "multilabel":
-        return ArrayDataset(
-            a["images"], S2_BANDS, labels=a["multi_hot"], class_names=CLASS_NAMES, **common
-        )
-    if kind == "regression":
-        return ArrayDataset(
-            a["images"], S2_BANDS, targets=a["fractions"], target_names=CLASS_NAMES, **common
-        )
-    return ArrayDataset(
-        a["images"], S2_BANDS, labels=a["labels"], class_names=CLASS_NAMES, **common
-    )
+__all__ = [
+    "DUBAI_SPLIT",
+    "KINDS",
+    "SHARED_SETS",
+    "SYNTHETIC_KINDS",
+    "TINY",
+    "Array",
+    "ArrayDataset",
+    "BatchSubset",
+    "EvalData",
+    "base_dataset",
+    "dataset_labels",
+    "default_cache_dir",
+    "fraction_indices",
+    "limit",
+    "make_subset",
+    "named_set_root",
+    "resolve_data",
+    "shared_data_root",
+    "shared_data_roots",
+    "split_indices",
+    "stratified_sample",
+]

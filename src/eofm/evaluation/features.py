@@ -254,7 +254,7 @@ def extract_features(
     """
     import time
 
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     t0 = time.perf_counter()
     n = len(dataset)  # type: ignore[arg-type]
@@ -289,7 +289,7 @@ def extract_features(
             feats_mm = np.empty((n, dim), dtype=np.float32)
     done = start
     since = 0
-    bar = tqdm(total=n, initial=start, desc=desc, unit="img", disable=not progress)
+    bar = progress_bar(total=n, initial=start, desc=desc, unit="img", disable=not progress)
     try:
         for images, labels in iter_batches(
             dataset,

@@ -117,7 +117,7 @@ def predict(net: nn.Module, x: Tensor, device: torch.device, batch_size: int = 2
 
 def evaluate_finetune(model: ResolvedModel, data: EvalData, opts: Options) -> ProtocolOutput:
     """The label-fraction fine-tuning protocol (see the module docstring)."""
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as progress_bar
 
     dev = torch.device(opts.device)
     size = opts.img_size or int(model.backbone.img_size[0])
@@ -143,7 +143,7 @@ def evaluate_finetune(model: ResolvedModel, data: EvalData, opts: Options) -> Pr
     x_all, y_all = load_tensors(make_subset(data.train, order), pre, batch_size=opts.batch_size)
     where = {int(i): j for j, i in enumerate(order.tolist())}
     runs: list[dict[str, Any]] = []
-    for f, s, idx in tqdm(plan, desc="fine-tuning", disable=not opts.progress):
+    for f, s, idx in progress_bar(plan, desc="fine-tuning", disable=not opts.progress):
         t0 = time.perf_counter()
         rows = torch.as_tensor([where[int(i)] for i in idx])
         net = finetune_once(

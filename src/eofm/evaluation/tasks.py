@@ -393,6 +393,8 @@ def run_evaluation(
     prefix: str | None = None,
     max_train: int | None = None,
     max_test: int | None = None,
+    band_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
     **opts: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model_spec`` (and ``baselines``) on ``data_spec`` with protocol ``task``.
@@ -400,7 +402,10 @@ def run_evaluation(
     ``model_spec``: a ``.safetensors`` model file, a checkpoint (with ``backbone=``) or
     ``random:<backbone>``; ``baselines``: ``"random"`` and/or ``"rgb:<path>"``; ``opts``: the
     fields of :class:`Options` (``out_dir=`` writes ``results.json``, ``report.md``/``.html``
-    and plots). Returns the results as a dict (JSON-safe).
+    and plots). ``band_names``: the files' band order where they do not name their bands;
+    ``skip_bad``: unreadable files and incomplete samples are left out and counted
+    (``result["data"]["skipped"]``) instead of stopping the run. Returns the results as a dict
+    (JSON-safe).
     """
     spec = get_task(task)
     options = make_options(**opts)
@@ -414,6 +419,8 @@ def run_evaluation(
         max_train=max_train,
         max_test=max_test,
         progress=options.progress,
+        band_names=band_names,
+        skip_bad=skip_bad,
     )
     img_size = options.img_size or default_img_size(data)
     models = _resolve_all(model_spec, baselines, data, img_size, backbone, options, prefix)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -37,8 +37,25 @@ from eofm.models.checkpoints import (
     strip_prefix,
 )
 
-if TYPE_CHECKING:
-    from eofm.models.backbones import Backbone
+
+class AdaptTarget(Protocol):
+    """What :func:`load_pretrained` needs of a model: :class:`eofm.models.Backbone` has it.
+
+    A protocol rather than an import keeps ``adapt`` below ``backbones`` (no import circle).
+    """
+
+    model: torch.nn.Module
+    arch: str
+    family: str
+    bands: tuple[str, ...]
+    sensor: str | None
+
+    @property
+    def in_chans(self) -> int: ...
+
+    @property
+    def first_conv(self) -> str: ...
+
 
 #: What the first layer of an ImageNet-style checkpoint sees, in order.
 RGB_SOURCE_BANDS: tuple[str, str, str] = ("red", "green", "blue")
@@ -316,7 +333,7 @@ def _list_problems(report: AdaptationReport) -> str:
 
 
 def load_pretrained(
-    backbone: Backbone,
+    backbone: AdaptTarget,
     checkpoint: str | PathLike[str] | Mapping[str, Any],
     *,
     source_bands: Sequence[str] | None = None,

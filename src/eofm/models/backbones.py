@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import timm
 import torch
@@ -20,9 +20,7 @@ from torch import Tensor, nn
 
 from eofm.data.sensors import Sensor, get_sensor, normalise_band_name
 from eofm.errors import ConfigError, UnknownNameError
-
-if TYPE_CHECKING:
-    from eofm.models.adapt import AdaptationReport
+from eofm.models.adapt import AdaptationReport, load_pretrained
 
 Family = Literal["vit", "swin", "swinv2", "resnet"]
 FAMILIES: tuple[str, ...] = ("vit", "swin", "swinv2", "resnet")
@@ -343,8 +341,6 @@ def create_backbone(
         spec, model, bands=names, img_size=size, sensor=sensor_name, overrides=timm_kwargs
     )
     if pretrained is not None:
-        from eofm.models.adapt import load_pretrained
-
         backbone.pretrained_report = load_pretrained(
             backbone,
             pretrained,

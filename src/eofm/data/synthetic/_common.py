@@ -239,7 +239,7 @@ def worley(
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar (disabled unless ``enabled``)."""
-    from tqdm.auto import tqdm
+    """A progress bar, or plain lines off a terminal (disabled unless ``enabled``)."""
+    from eofm.progress import progress
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="scene")
+    return progress(total=total, disable=not enabled, desc=desc, unit="scene")
