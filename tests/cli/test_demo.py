@@ -11,7 +11,7 @@ from PIL import Image
 
 from eofm.cli.main import main
 from eofm.curation.dynamic import parse_pruning_config
-from eofm.demo import DemoSettings, demo_recipe, run_demo
+from eofm.pipelines.demo import DemoSettings, demo_recipe, run_demo
 from eofm.training.config import config_from_dict
 
 
@@ -30,9 +30,20 @@ def test_demo_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixt
     for task, metric in (("linear probe", "balanced_accuracy"), ("segmentation", "miou")):
         for role in ("pretrained", "random init"):
             assert 0.0 <= res[task][role][metric] <= 1.0
+    # segmentation is repeated over seeds: the mean is the mean of the per-seed values
+    seg = res["segmentation"]
+    assert seg["seeds"] == [0, 1, 2]
+    for role in ("pretrained", "random init"):
+        per_seed = seg[role]["per_seed"]["miou"]
+        assert len(per_seed) == 3
+        assert seg[role]["miou"] == pytest.approx(sum(per_seed) / 3)
+    gains = [p - r for p, r in zip(seg["pretrained"]["per_seed"]["miou"],
+                                   seg["random init"]["per_seed"]["miou"], strict=True)]  # fmt: skip
+    assert seg["gain"]["miou"][0] == pytest.approx(sum(gains) / 3)
     assert res["curation"]["kept"] == round(0.3 * 96)
     report = (out / "report.md").read_text()
     assert "| linear probe | balanced accuracy |" in report and "| segmentation | miou |" in report
+    assert "mean ± standard deviation over seeds 0, 1, 2" in report
     # every image the report shows exists; every step names the command it ran
     for line in report.splitlines():
         if line.startswith("!["):
@@ -71,3 +82,21 @@ def test_demo_recipe_is_a_valid_pruning_recipe() -> None:
     assert config.method.name == "dense" and config.trainer.max_steps == 400
     pruning = parse_pruning_config(config.curation)
     assert pruning.enabled and pruning.fraction == 0.5 and pruning.every_epochs == 1
+
+
+def test_old_import_path_and_no_cli_import() -> None:
+    import subprocess
+    import sys
+
+    import eofm.demo
+    import eofm.pipelines.demo
+
+    assert eofm.demo.run_demo is eofm.pipelines.demo.run_demo
+    assert eofm.demo.DemoSettings is DemoSettings
+    # importing and setting up the demo pipeline loads nothing of the CLI
+    code = (
+        "import sys, eofm.pipelines.demo as d; d.demo_recipe(d.DemoSettings(), 'x', None); "
+        "print(sorted(m for m in sys.modules if m.startswith('eofm.cli')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
