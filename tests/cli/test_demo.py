@@ -37,8 +37,8 @@ def test_demo_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixt
         per_seed = seg[role]["per_seed"]["miou"]
         assert len(per_seed) == 3
         assert seg[role]["miou"] == pytest.approx(sum(per_seed) / 3)
-    gains = [p - r for p, r in zip(seg["pretrained"]["per_seed"]["miou"],
-                                   seg["random init"]["per_seed"]["miou"], strict=True)]  # fmt: skip
+    pre, rnd = seg["pretrained"]["per_seed"]["miou"], seg["random init"]["per_seed"]["miou"]
+    gains = [p - r for p, r in zip(pre, rnd, strict=True)]
     assert seg["gain"]["miou"][0] == pytest.approx(sum(gains) / 3)
     assert res["curation"]["kept"] == round(0.3 * 96)
     report = (out / "report.md").read_text()
@@ -49,6 +49,8 @@ def test_demo_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixt
         if line.startswith("!["):
             assert (out / line.split("](")[1].rstrip(")")).is_file(), line
     assert "eofm pretrain --config" in report and "eofm curate --model" in report
+    # the synthetic scenes are in dB: the recipe says so (SAR augmentations in dB)
+    assert "sar_scale: db" in (out / "recipe.yaml").read_text()
     html = (out / "report.html").read_text()
     assert "<img src='summary.png'>" in html and "<table>" in html
     # the pretraining ran with dynamic pruning: the recipe says so and the log shows refreshes
@@ -100,3 +102,26 @@ def test_old_import_path_and_no_cli_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_demo_recipe_gain_moves_db_scenes_by_at_most_its_db() -> None:
+    """With the recipe's ``sar_scale: db`` a 1.5 dB calibration gain moves a dB scene by at most
+    1.5 dB (taken as linear intensities, it moved water by up to 11 dB)."""
+    import dataclasses
+
+    import torch
+
+    from eofm.augment.multiview import MultiViewAugment
+    from eofm.methods.base import ViewSpec
+
+    config = config_from_dict(demo_recipe(DemoSettings(), "shards", None, sar_scale="db"))
+    cfg = dataclasses.replace(config.augment, speckle_p=0.0, blur_p=[0.0], sar_gain_p=1.0)
+    db = torch.linspace(-25.0, -5.0, 4 * 2 * 8 * 8).reshape(4, 2, 8, 8)
+    mean, std = db.mean((0, 2, 3)), db.std((0, 2, 3))
+    z = (db - mean[None, :, None, None]) / std[None, :, None, None]
+    aug = MultiViewAugment(["VV", "VH"], cfg, mean=mean, std=std)
+    view = aug(z, ViewSpec(global_views=1, geometric=False), seed=0).images[0]
+    change = (view * std[None, :, None, None] + mean[None, :, None, None] - db).abs()
+    assert 0.0 < float(change.max()) <= 1.5 + 1e-3
+    auto = config_from_dict(demo_recipe(DemoSettings(), "shards", None))
+    assert auto.augment.sar_scale == "auto"

@@ -55,11 +55,14 @@ class DemoSettings:
     prune_every_epochs: int = 1
     prune_diversity: float = 0.5
     curate_fraction: float = 0.3
-    seg_epochs: int = 3
-    seg_max_train: int = 500
+    #: segmentation: few labelled images (the label scarcity Embedding Earth is about), the
+    #: encoder fine-tuned with its decoder; the same protocol for random init; over seeds
+    seg_epochs: int = 40
+    seg_max_train: int = 16
     seg_decoder: str = "fcn"
-    seg_finetune: bool = False
+    seg_finetune: bool = True
     seg_seeds: int = 3
+    seg_max_test: int | None = 150
     probe_max_train: int | None = None
     threads: int = 1
     seed: int = 0
@@ -73,8 +76,8 @@ class DemoSettings:
             size=32,
             steps=6,
             batch_size=16,
-            seg_epochs=1,
-            seg_max_train=48,
+            seg_epochs=2,
+            seg_max_train=16,
             prune_warmup_epochs=1,
             prune_every_epochs=1,
         )
@@ -86,9 +89,19 @@ class DemoSettings:
 #: Recipe of the demo's pretraining run: dense contrast (Embedding Earth) + dynamic pruning
 #: (OceanSAR-1). Written to ``OUT/recipe.yaml``; ``eofm pretrain --config`` runs it as is.
 def demo_recipe(
-    settings: DemoSettings, data_path: str, bands: Sequence[str] | None
+    settings: DemoSettings,
+    data_path: str,
+    bands: Sequence[str] | None,
+    sar_scale: Literal["auto", "linear", "db"] = "auto",
 ) -> dict[str, Any]:
-    """The pretraining recipe the demo runs (a plain dict, as in ``configs/*.yaml``)."""
+    """The pretraining recipe the demo runs (a plain dict, as in ``configs/*.yaml``).
+
+    ``sar_scale``: the units SAR augmentations (calibration gain, speckle) work in. The demo's
+    synthetic Sentinel-1 scenes are in dB but carry no sensor name, and ``auto`` without a
+    sensor means linear: gain and speckle would then multiply dB values (a 1.5 dB gain moved
+    water by up to 11 dB), teaching the encoder to ignore backscatter levels, the very thing
+    that tells land-cover classes apart. ``run_demo`` passes ``db`` for them.
+    """
     s = settings
     return {
         "description": "eofm demo: dense contrast (Embedding Earth) + dynamic pruning (OceanSAR-1)",
@@ -119,7 +132,12 @@ def demo_recipe(
             else {},
             "views": {"global_views": 2, "crop_scale": [0.4, 1.0]},
         },
-        "augment": {"rot90": True, "blur_p": [0.5, 0.5], "blur_sigma": [0.1, 1.0]},
+        "augment": {
+            "rot90": True,
+            "blur_p": [0.5, 0.5],
+            "blur_sigma": [0.1, 1.0],
+            "sar_scale": sar_scale,
+        },
         "optim": {
             "name": "adamw",
             "lr": 1.0e-3,
@@ -386,6 +404,8 @@ def _eval_argv(
     if task == "segmentation":
         argv += ["--epochs", str(s.seg_epochs), "--decoder", s.seg_decoder]
         argv += ["--max-train", str(s.seg_max_train)]
+        if s.seg_max_test:
+            argv += ["--max-test", str(s.seg_max_test)]
         if s.seg_finetune:
             argv.append("--finetune-encoder")
     elif s.probe_max_train:
@@ -402,6 +422,7 @@ def _run_evaluate(state: _State, argv: Sequence[str], write: bool) -> dict[str, 
     s = state.settings
     task = str(_flag(argv, "--task"))
     max_train = _flag(argv, "--max-train")
+    max_test = _flag(argv, "--max-test")
     opts: dict[str, Any] = {}
     if task == "segmentation":
         opts = {"epochs": float(s.seg_epochs), "decoder": s.seg_decoder}
@@ -412,6 +433,7 @@ def _run_evaluate(state: _State, argv: Sequence[str], write: bool) -> dict[str, 
         str(_flag(argv, "--data")),
         baselines=["random"],
         max_train=int(max_train) if max_train else None,
+        max_test=int(max_test) if max_test else None,
         out_dir=Path(str(_flag(argv, "--out"))) if write else None,
         img_size=s.size,
         seed=int(str(_flag(argv, "--seed"))),
@@ -553,7 +575,10 @@ def run_demo(
     recipe_path = out / "recipe.yaml"
     recipe_path.write_text(
         "# written by `eofm demo`: rerun with  eofm pretrain --config recipe.yaml\n"
-        + yaml.safe_dump(demo_recipe(s, str(shards), None), sort_keys=False)
+        + yaml.safe_dump(
+            demo_recipe(s, str(shards), None, sar_scale="db" if data is None else "auto"),
+            sort_keys=False,
+        )
     )
     run_dir = out / "pretrain"
     argv = [
