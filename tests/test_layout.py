@@ -4,7 +4,7 @@ Floors, bottom to top (a module may import its own floor and the floors below it
 
     errors, devices, progress, the ``eofm`` package itself
     data -> augment -> models -> methods -> curation -> training -> evaluation
-    -> pipelines (``eofm.pipelines``, and ``eofm.demo`` until it moves there) -> cli
+    -> pipelines (``eofm.pipelines``; ``eofm.demo`` re-exports the demo) -> cli
 
 ``curation`` sits below ``training``: the pretraining engine builds the dynamic-pruning callback
 (``eofm.curation.dynamic``) from a recipe's ``curation:`` section, and nothing in ``curation``
@@ -44,13 +44,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 )
 
 #: (importer, imported) pairs allowed although they go up a floor, each with its reason.
-ALLOWED_UP: dict[tuple[str, str], str] = {
-    # fixed on the science branch (the demo moves to eofm/pipelines/demo.py, called by the CLI)
-    ("eofm.demo", "eofm.cli.main"): "demo runs the CLI's sub-commands",
-    # augment builds the Views of the method contract (methods/base.py); augment/ belongs to
-    # the data-path engineer: the contract can move down once that one import line changes
-    ("eofm.augment.multiview", "eofm.methods.base"): "augment builds methods.base.Views",
-}
+ALLOWED_UP: dict[tuple[str, str], str] = {}
 
 
 def module_files(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
@@ -183,7 +177,7 @@ def test_eofm_has_no_import_circles_and_imports_only_down_the_floors() -> None:
 def test_the_allowed_exceptions_are_still_needed() -> None:
     graph = import_graph(SRC, "eofm")
     for importer, imported in ALLOWED_UP:
-        if importer in graph:  # the demo goes away when it moves to eofm/pipelines/
+        if importer in graph:
             assert imported in graph[importer], f"drop {(importer, imported)} from ALLOWED_UP"
 
 
@@ -192,8 +186,7 @@ def test_the_checker_sees_the_known_circles() -> None:
     # the graph is real: modules and their imports, lazy ones included
     assert "eofm.evaluation.features" in graph["eofm.evaluation.dense"]
     assert "eofm.data.sensors" in graph["eofm.models.backbones"]
-    if "eofm.demo" in graph:
-        assert ["eofm.cli.main", "eofm.demo"] in circles(graph)
+    assert circles(graph) == []  # the demo calls library code now, not the CLI
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -272,10 +265,7 @@ def test_checker_fails_on_a_module_on_no_floor(tmp_path: Path) -> None:
 MAX_LINES = 600
 
 #: Long modules owned by other work in progress, each with the reason.
-LONG_ELSEWHERE = {
-    "eofm/data/shards.py": "the shard format; owned and being reworked on the data-path branch",
-    "eofm/demo.py": "moves to eofm/pipelines/demo.py on the science branch",
-}
+LONG_ELSEWHERE: dict[str, str] = {}
 
 
 def long_modules(root: Path, package: str, max_lines: int = MAX_LINES) -> list[str]:
@@ -310,7 +300,7 @@ def test_size_check_sees_a_long_module(tmp_path: Path) -> None:
 
 
 #: Files docs/architecture.md names before they land (other branches add them).
-COMING = {"src/eofm/data/cache.py", "src/eofm/pipelines/demo.py"}
+COMING: set[str] = set()
 
 
 def test_architecture_names_real_files() -> None:

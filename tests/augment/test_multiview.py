@@ -119,3 +119,12 @@ def test_bad_input_raises() -> None:
         aug(torch.randn(2, 3, 16, 16), ViewSpec())
     with pytest.raises(ConfigError, match="mean"):
         MultiViewAugment(("VV",), mean=[0.0, 1.0], std=[1.0])
+
+
+def test_sar_scale_auto_reads_db_from_negative_means_without_a_sensor() -> None:
+    from eofm.augment.multiview import sar_scale_of
+
+    assert sar_scale_of(None, [-15.0, -22.0]) == "db"  # VV/VH in dB, no sensor recorded
+    assert sar_scale_of(None, [0.05, 0.01]) == "linear"
+    assert sar_scale_of("sentinel1_grd_linear", [-1.0]) == "linear"  # a named sensor decides
+    assert sar_scale_of("sentinel1_grd", None) == "db"

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from eofm.augment import ops
+from eofm.augment.views import Views, ViewSpec
 from eofm.data.sensors import Sensor, find_sensor
 from eofm.errors import ConfigError
-from eofm.methods.base import Views, ViewSpec
 
 __all__ = ["AugmentConfig", "MultiViewAugment", "sar_scale_of", "sensor_kind_of"]
 
@@ -83,10 +83,17 @@ def sensor_kind_of(sensor: str | Sensor | None, bands: Sequence[str]) -> Literal
     return "optical"
 
 
-def sar_scale_of(sensor: str | Sensor | None) -> Literal["linear", "db"]:
-    """``db`` when the sensor's units are decibels, else ``linear``."""
+def sar_scale_of(
+    sensor: str | Sensor | None, mean: Sequence[float] | Tensor | None = None
+) -> Literal["linear", "db"]:
+    """``db`` when the sensor's units are decibels, else ``linear``; without a known sensor,
+    ``db`` when a band's mean is negative (backscatter in linear power never is)."""
     s = find_sensor(sensor)
-    return "db" if s is not None and s.units.lower().startswith("db") else "linear"
+    if s is not None:
+        return "db" if s.units.lower().startswith("db") else "linear"
+    if mean is not None and bool((torch.as_tensor(mean, dtype=torch.float32) < 0).any()):
+        return "db"
+    return "linear"
 
 
 class MultiViewAugment:
@@ -117,7 +124,7 @@ class MultiViewAugment:
                 f"augment.sensor_kind must be auto, optical or sar: {cfg.sensor_kind}"
             )
         self.sar_scale: Literal["linear", "db"] = (
-            sar_scale_of(sensor) if cfg.sar_scale == "auto" else cfg.sar_scale
+            sar_scale_of(sensor, mean) if cfg.sar_scale == "auto" else cfg.sar_scale
         )
         self.rgb = ops.rgb_indices(self.bands, sensor) if self.kind == "optical" else None
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)

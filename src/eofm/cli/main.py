@@ -162,7 +162,7 @@ def cmd_sensors(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from eofm.demo import run_demo, settings_from_args
+    from eofm.pipelines.demo import run_demo, settings_from_args
 
     run_demo(
         Path(args.out), data=args.data, settings=settings_from_args(args), progress=not args.quiet
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dynamic pruning -> curation -> linear probe and segmentation against random "
         "initialisation -> report.md/report.html.",
     )
-    from eofm.demo import add_arguments
+    from eofm.pipelines.demo import add_arguments
 
     add_arguments(demo)
     demo.set_defaults(func=cmd_demo)

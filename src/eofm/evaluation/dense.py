@@ -271,7 +271,7 @@ def load_dense(
     (``segmentation``, ``change``, ``pixel_regression``); images larger than ``max_size`` on
     their long side are downscaled (masks with nearest neighbour). ``keep_raw``: keep the
     band-selected raw image of the first N samples (for overlays)."""
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as tqdm
 
     out: list[DenseSample] = []
     n = len(dataset)  # type: ignore[arg-type]
@@ -350,7 +350,7 @@ def train_dense(
     desc: str = "training",
 ) -> list[float]:
     """Train on random crops; returns the loss of every step."""
-    from tqdm.auto import tqdm
+    from eofm.progress import progress as tqdm
 
     if not samples:
         raise ConfigError("no training samples for the dense protocol")

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from eofm.data.sample import Sample
 from eofm.data.sensors import Sensor
@@ -22,6 +21,7 @@ from eofm.errors import (
     DataError,
     EmptyDatasetError,
 )
+from eofm.progress import progress as tqdm
 
 # --------------------------------------------------------------------------------------------
 # pack_dataset
