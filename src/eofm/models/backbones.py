@@ -329,7 +329,9 @@ def create_backbone(
     """Build the registered backbone ``name`` for ``bands`` at ``img_size``.
 
     ``bands``: band names (``["B04", "B03", "B02", "B08"]``), a sensor name (all its bands),
-    a channel count, or ``None`` for RGB. ``pretrained``: a checkpoint path loaded with
+    a channel count, or ``None`` for RGB. ``pretrained``: a published name
+    (``torchgeo:...``, ``timm:...``, ``hf:...``; see :mod:`eofm.models.zoo`) or a checkpoint
+    path loaded with
     :func:`eofm.models.adapt.load_pretrained` (band adaptation, position-embedding and patch
     resampling; ``strict`` makes any mismatch an error). The report is kept in
     ``backbone.pretrained_report``. ``device="meta"`` builds without memory. Extra keyword
@@ -344,7 +346,14 @@ def create_backbone(
     )
     if pretrained is not None:
         from eofm.models.adapt import load_pretrained
+        from eofm.models.zoo import is_published_name, resolve_published, weights_file
 
+        if is_published_name(pretrained):  # torchgeo:/timm:/hf: names (eofm.models.zoo)
+            published = resolve_published(str(pretrained))
+            pretrained = weights_file(published)
+            source_bands = source_bands or published.bands
+            source_sensor = source_sensor or published.sensor
+            strict = False  # heads and classifiers of the published file are reported
         backbone.pretrained_report = load_pretrained(
             backbone,
             pretrained,
