@@ -23,7 +23,7 @@ torchgeo:<ClassName>:<root> for a torchgeo dataset on disk."""
 
 #: Modules that add their own sub-commands: each has ``add_parser(subparsers)``, whose parsers
 #: set ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code).
-PLUGIN_COMMANDS = ("eofm.cli.pretrain", "eofm.cli.evaluate", "eofm.cli.curate")
+PLUGIN_COMMANDS = ("eofm.cli.pretrain", "eofm.cli.evaluate", "eofm.cli.curate", "eofm.cli.models")
 
 
 def _bands(text: str | None) -> list[str] | None:

@@ -136,7 +136,7 @@ def _fingerprint(dataset: Any) -> tuple[dict[str, Any], list[Path]]:
     state = {
         k: _describe(v, files)
         for k, v in sorted(vars(dataset).items())
-        if k not in _IGNORED and k != "records" and not k.startswith("__")
+        if k not in _IGNORED and k != "records" and not k.startswith("_")  # _: state of reads
     }
     record_files: list[Path] = []
     described = _describe(list(records), record_files)

@@ -26,6 +26,7 @@ from eofm.errors import CheckpointError, ConfigError
 from eofm.models import Backbone, create_backbone, load_model, load_pretrained
 from eofm.models.checkpoints import extract_state_dict, read_checkpoint
 from eofm.models.export import card_path, read_card
+from eofm.models.zoo import is_published_name
 
 #: Words that mark the copy of the weights to prefer when a checkpoint holds several.
 _PREFERRED = ("teacher", "ema")
@@ -157,6 +158,10 @@ def resolve_model(
             key=_key("random", arch, tuple(bb.bands), bb.img_size, seed),
             info={"init": "random", "seed": seed},
         )
+    if is_published_name(text):
+        return resolve_published_model(
+            text, bands=bands, img_size=img_size, backbone=backbone, sensor=sensor, name=name
+        )
     if text.startswith("rgb:"):
         return resolve_rgb_baseline(
             text[4:], bands=bands, img_size=img_size, backbone=backbone, sensor=sensor, name=name
@@ -196,6 +201,71 @@ def resolve_model(
         backbone=bb,
         key=_key("ckpt", file_sha256(path), backbone, tuple(bb.bands), found),
         info={"prefix": found, "load_report": report.to_dict()},
+    )
+
+
+def resolve_published_model(
+    text: str,
+    *,
+    bands: Sequence[str],
+    img_size: int | tuple[int, int],
+    backbone: str | None = None,
+    sensor: str | None = None,
+    name: str | None = None,
+) -> ResolvedModel:
+    """A published model (``torchgeo:``/``timm:``/``hf:``) built for the data's ``bands``.
+
+    The weights' own bands are matched to the data's by name (bands the model lacks are
+    adapted as for ``rgb:`` baselines); no band in common is a :class:`BandMismatchError`
+    naming both lists. The normalisation of the weights' metadata is used when it covers
+    every band of the data.
+    """
+    from eofm.data.sensors import match_bands
+    from eofm.errors import BandMismatchError
+    from eofm.models.zoo import pretrained_options, resolve_published, weights_file
+
+    pw = resolve_published(text)
+    arch = backbone or pw.arch
+    if not arch:
+        raise ConfigError(f"{text}: name the architecture of these weights with --backbone")
+    if pw.bands:
+        common = []
+        for b in bands:
+            try:
+                match_bands([b], pw.bands, sensor=pw.sensor or sensor)
+                common.append(b)
+            except Exception:
+                continue
+        if not common:
+            raise BandMismatchError(
+                text, pw.bands, tuple(bands), "the model and the data have no band in common"
+            )
+    path = weights_file(pw)
+    bb = create_backbone(
+        arch,
+        bands=list(bands),
+        img_size=img_size,
+        sensor=sensor or pw.sensor,
+        **pretrained_options(text),
+    )
+    bb.eval()
+    norm = None
+    if pw.normalization and all(b in pw.normalization["mean"] for b in bb.bands):
+        norm = {
+            k: (v if k == "method" else {b: v[b] for b in bb.bands})
+            for k, v in pw.normalization.items()
+        }
+    report = bb.pretrained_report
+    return ResolvedModel(
+        name=name or text,
+        spec=text,
+        backbone=bb,
+        key=_key("published", text, file_sha256(path, limit=1 << 22), arch, tuple(bb.bands)),
+        normalization=norm,
+        info={
+            "published": pw.describe(),
+            "load_report": report.to_dict() if report is not None else None,
+        },
     )
 
 

@@ -311,8 +311,21 @@ def _resolve_all(
                 sensor=main.backbone.sensor,
             )
             out.append(("baseline", m))
+        elif b.startswith(("torchgeo:", "timm:", "hf:")):
+            m = resolve_model(
+                b,
+                bands=main.bands,
+                img_size=main.backbone.img_size,
+                backbone=None if b.startswith(("torchgeo:", "timm:")) else backbone,
+                sensor=main.backbone.sensor,
+                seed=opts.seed,
+            )
+            out.append(("baseline", m))
         else:
-            raise ConfigError(f"unknown baseline {b!r}; use 'random' or 'rgb:<checkpoint path>'")
+            raise ConfigError(
+                f"unknown baseline {b!r}; use 'random', 'rgb:<checkpoint path>' or a published"
+                " model (torchgeo:<Enum>.<MEMBER>, timm:<name>, hf:<org>/<repo>/<file>)"
+            )
     return out
 
 

@@ -93,8 +93,12 @@ class ModelConfig:
     backbone: str = "vit_test"
     #: Image size the backbone is built for (default: the global view size, else the data's).
     img_size: int | None = None
-    #: Checkpoint to start from (continual pretraining); ``None``: from scratch.
+    #: Checkpoint to start from (continual pretraining): a file, or a published model
+    #: (``torchgeo:ViTSmall16_Weights.SENTINEL2_ALL_DINO``, ``timm:vit_small_patch14_dinov2``,
+    #: ``hf:<org>/<repo>/<file>``; bands adapted by name); ``None``: from scratch.
     pretrained: str | None = None
+    #: Another name for ``pretrained`` (set one of them).
+    init: str | None = None
     #: Recompute activations in the backward pass (timm ``set_grad_checkpointing``, with every
     #: strategy, FSDP included).
     activation_checkpointing: bool = False

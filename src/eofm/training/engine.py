@@ -275,6 +275,7 @@ def run_pretraining(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from eofm.models import create_backbone
+    from eofm.models.zoo import pretrained_options
     from eofm.training.progress import PlainProgressBar
 
     validate_config(config)
@@ -313,12 +314,18 @@ def run_pretraining(
     if img_size is None:
         gsize = config.method.views.get("global_size")
         img_size = int(gsize) if gsize else info.image_size[0]
+    if (
+        config.model.init
+        and config.model.pretrained
+        and config.model.init != config.model.pretrained
+    ):
+        raise ConfigError("model.init and model.pretrained name different weights; set one")
     backbone = create_backbone(
         config.model.backbone,
         bands=list(info.bands),
         sensor=find_sensor(info.sensor),  # recorded in the model card, to match bands later
         img_size=img_size,
-        pretrained=config.model.pretrained,
+        **pretrained_options(config.model.init or config.model.pretrained),
         **opts,
     )
     if config.model.activation_checkpointing:
