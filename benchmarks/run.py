@@ -71,6 +71,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--backbone", "vit_base_patch16", "--steps", "2"],
         "memory per rank of FSDP vs DDP, ViT-L/16 MAE on 2 CPU processes",
     ),
+    "data_path": (
+        "bench_data_path",
+        ["--only", "rgb,ms,features,workers"],
+        ["--only", "ms", "--ms-steps", "4"],
+        "eofm pretrain vs a plain loop (no cache / cold / warm), RGB and MS; workers 0 vs 1",
+    ),
     "compile": (
         "bench_compile",
         [],
