@@ -190,13 +190,10 @@ def _batches(
     num_workers: int,
 ) -> Iterator[Tensor]:
     """Image tensors of ``batches`` (index arrays), in order."""
-    get_batch = getattr(dataset, "get_batch", None)
-    if get_batch is None:
-        from eofm.data.cache import cached_dataset
+    from eofm.data.cache import batch_reader
 
-        cached = cached_dataset(dataset, progress=False, quiet=True)  # decoded once, then reused
-        get_batch = None if cached is None else cached.get_batch
-    if callable(get_batch):
+    get_batch = batch_reader(dataset)
+    if get_batch is not None:
         for idx in batches:
             images = torch.as_tensor(get_batch(idx)["image"]).float()
             if size is not None and tuple(images.shape[-2:]) != size:

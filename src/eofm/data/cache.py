@@ -26,18 +26,20 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from eofm.data.readers.base import human_bytes
 from eofm.data.sample import Sample
 from eofm.errors import ConfigError, DataError
 
 __all__ = [
     "CacheInfo",
+    "batch_reader",
     "cache_dir",
     "cache_enabled",
     "cache_entries",
@@ -310,11 +312,13 @@ def cached_dataset(
     free = shutil.disk_usage(base).free - DISK_MARGIN
     if (budget is not None and need > budget) or need > free:
         over = (
-            f"data.cache_limit {_human(budget)}"
+            f"data.cache_limit {human_bytes(budget)}"
             if budget is not None and need > budget
-            else f"{_human(max(free, 0))} free on {base}"
+            else f"{human_bytes(max(free, 0))} free on {base}"
         )
-        _note(quiet, f"not cached ({label}): ~{_human(need)} decoded exceeds {over}; streaming")
+        _note(
+            quiet, f"not cached ({label}): ~{human_bytes(need)} decoded exceeds {over}; streaming"
+        )
         return None
     with _locked(base / f"{key}.lock", str(label), quiet):
         if (final / META_NAME).is_file():  # packed by another process meanwhile
@@ -364,7 +368,7 @@ def cached_dataset(
         _note(
             quiet,
             f"cached {n} samples of {label} in {seconds:.1f} s -> {final}"
-            f" ({_human(_entry_bytes(final))}, {index['dtype']})",
+            f" ({human_bytes(_entry_bytes(final))}, {index['dtype']})",
         )
     return ShardDataset(final)
 
@@ -374,12 +378,11 @@ def _note(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _human(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+def batch_reader(dataset: Any) -> Callable[..., dict[str, Any]] | None:
+    """``get_batch`` of ``dataset`` (shards, array sets) or of its decode-once cache entry;
+    ``None`` when it can be read sample by sample only (the caller uses a DataLoader)."""
+    get_batch = getattr(dataset, "get_batch", None)
+    if callable(get_batch):
+        return cast(Callable[..., dict[str, Any]], get_batch)
+    cached = cached_dataset(dataset, progress=False, quiet=True)  # decoded once, then reused
+    return None if cached is None else cached.get_batch

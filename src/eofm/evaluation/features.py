@@ -159,13 +159,9 @@ def iter_batches(
     path is used for shards and array datasets (also under ``Subset``)."""
     inner, idx = base_dataset(dataset)
     n = len(idx)
-    get_batch = getattr(inner, "get_batch", None)
-    if get_batch is None and start < n:
-        from eofm.data.cache import cached_dataset
+    from eofm.data.cache import batch_reader
 
-        cached = cached_dataset(inner, progress=False, quiet=True)  # decoded once, then reused
-        if cached is not None:
-            get_batch = cached.get_batch
+    get_batch = batch_reader(inner) if start < n else getattr(inner, "get_batch", None)
     if get_batch is not None:
         other = "target" if key == "label" else "label"  # packing files regression labels
         for lo in range(start, n, batch_size):

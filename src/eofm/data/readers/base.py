@@ -128,7 +128,7 @@ def _check_size(
     if n > MAX_ELEMENTS or nbytes > MAX_BYTES:
         raise DataError(
             path,
-            f"raster of shape {dims} ({_human(nbytes)}) is too large to read at once",
+            f"raster of shape {dims} ({human_bytes(nbytes)}) is too large to read at once",
             "read it with a window",
         )
     if available is not None and nbytes > available:
@@ -147,7 +147,8 @@ def _check_size(
             )
 
 
-def _human(nbytes: float) -> str:
+def human_bytes(nbytes: float) -> str:
+    """``1.5 GiB``, ``12.0 MiB``, ``300 bytes``."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= size:
             return f"{nbytes / size:.1f} {unit}"
