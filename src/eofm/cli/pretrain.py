@@ -43,8 +43,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
     p.add_argument(
         "--resume",
-        metavar="last|PATH",
-        help="continue a run: 'last' (newest checkpoint of the run folder) or a .ckpt path",
+        metavar="last|auto|PATH",
+        help="continue a run: 'last' (newest checkpoint of the run folder), 'auto' (the same, "
+        "or a fresh start when there is none: for jobs that restart) or a .ckpt path",
     )
     p.add_argument("--out", metavar="DIR", help="run folder (instead of output.dir/output.name)")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
