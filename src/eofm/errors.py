@@ -98,3 +98,7 @@ class NonFiniteLossError(EofmError, FloatingPointError):
         if self.checkpoint:
             text += f"; the last good checkpoint is {self.checkpoint} (continue with --resume)"
         super().__init__(text)
+
+
+class NodeJoinError(EofmError, RuntimeError):
+    """A multi-node run's process group did not form: a rank or node never joined in time."""

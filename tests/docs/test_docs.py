@@ -30,7 +30,7 @@ def test_cli_reference_covers_every_command_and_option() -> None:
     text = cli_reference()
     for command in ("eofm demo", "eofm data pack", "eofm pretrain", "eofm evaluate", "eofm curate"):
         assert f"## `{command}`" in text
-    assert "`--resume` `last|PATH`" in text and "`--baselines` `BASELINES`" in text
+    assert "`--resume` `last|auto|PATH`" in text and "`--baselines` `BASELINES`" in text
 
 
 @pytest.mark.parametrize("name", ["api.md"])

@@ -89,6 +89,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--grid-clusters", type=int, default=8, help="clusters shown in the grid")
     p.add_argument("--grid-per-cluster", type=int, default=6, help="samples per grid row")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="under torchrun: every rank embeds and clusters its share of the pool "
+        "(the same subset on any number of ranks, one included; docs/scale.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

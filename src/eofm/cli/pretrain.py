@@ -43,12 +43,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
     p.add_argument(
         "--resume",
-        metavar="last|PATH",
-        help="continue a run: 'last' (newest checkpoint of the run folder) or a .ckpt path",
+        metavar="last|auto|PATH",
+        help="continue a run: 'last' (newest checkpoint of the run folder), 'auto' (the same, "
+        "or a fresh start when there is none: for jobs that restart) or a .ckpt path",
     )
     p.add_argument("--out", metavar="DIR", help="run folder (instead of output.dir/output.name)")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from eofm.cli.submit import add_submit_arguments
+
+    add_submit_arguments(p)
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -71,6 +75,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
         validate_config(config, check_devices=False)  # names are checked, devices are not
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+    if getattr(args, "submit", None) == "slurm":
+        from eofm.cli.submit import submit_slurm
+        from eofm.training.engine import run_dir_of, validate_config
+
+        validate_config(config, check_devices=False)
+        job = submit_slurm(args, run_dir_of(config))
+        print(f"submitted SLURM job {job.job_id}; script and logs in {job.paths.folder}")
         return 0
     try:
         result = run_pretraining(config, resume=args.resume)

@@ -66,6 +66,10 @@ class CurationConfig:
     seed: int = 0
     #: faiss on the GPU (``None``: when one is available).
     gpu: bool | None = None
+    #: k-means across the ranks of the ``torch.distributed`` process group, each on its
+    #: chunks of the embeddings (:mod:`eofm.curation.distributed`; the same subset on any
+    #: number of ranks, one included). No ``subsample``, ``refit_niter`` or ``dedup``.
+    distributed: bool = False
 
     def resolved_clusters(self, n: int) -> list[int]:
         """Clusters per level for ``n`` points (the clustered subset when ``subsample``)."""
@@ -151,6 +155,33 @@ def _save_mask(path: Path, mask: npt.NDArray[np.bool_]) -> None:
     os.replace(tmp, path)
 
 
+def _distributed_clusters(x: Array, ks: list[int], config: CurationConfig) -> HierarchicalClusters:
+    from eofm.curation.distributed import distributed_hierarchical_kmeans
+
+    unsupported = {
+        "subsample": config.subsample,
+        "refit_niter": config.refit_niter or None,
+        "dedup": config.dedup,
+    }
+    named = [k for k, v in unsupported.items() if v is not None]
+    if named:
+        raise ConfigError(
+            f"distributed curation does not support {', '.join(named)}; unset them "
+            "(train_size bounds the Lloyd sample instead of subsample)"
+        )
+    return distributed_hierarchical_kmeans(
+        x,
+        ks,
+        niter=config.niter,
+        n_resamples=config.n_resamples,
+        sample_sizes=config.sample_sizes,
+        resample_strategy=config.resample_strategy,
+        train_size=config.train_size,
+        seed=config.seed,
+        gpu=config.gpu,
+    )
+
+
 def curate_embeddings(
     x: Array,
     config: CurationConfig,
@@ -189,6 +220,8 @@ def curate_embeddings(
     clusters = _load_clusters(kmeans_file, n) if kmeans_file and kmeans_file.is_file() else None
     if clusters is not None:
         cached.append("kmeans")
+    elif config.distributed:
+        clusters = _distributed_clusters(x, ks, config)
     else:
         clusters = hierarchical_kmeans(
             x,
@@ -204,7 +237,7 @@ def curate_embeddings(
             gpu=config.gpu,
             progress=progress,
         )
-        if kmeans_file is not None:
+        if kmeans_file is not None and clusters.info.get("writer", True):
             kmeans_file.parent.mkdir(parents=True, exist_ok=True)
             clusters.save(kmeans_file)  # written to a temporary name, then renamed
     times["kmeans_s"] = time.perf_counter() - t0

@@ -50,6 +50,7 @@ class CurateOptions:
     seed: int = 0
     json: bool = False
     quiet: bool = False
+    distributed: bool = False
 
     @classmethod
     def from_namespace(cls, ns: Any) -> CurateOptions:
@@ -93,6 +94,45 @@ def _model_bands(spec: str) -> list[str] | None:
     return [str(b) for b in read_card(path)["bands"]]
 
 
+def _join_group(opts: CurateOptions) -> int:
+    """With ``--distributed``: join the process group torchrun set up (``WORLD_SIZE``,
+    ``MASTER_ADDR``...; gloo on the CPU, nccl on CUDA); this process's rank (0 without one)."""
+    import os
+
+    import torch.distributed as dist
+
+    if not opts.distributed:
+        return 0
+    if "WORLD_SIZE" not in os.environ:
+        return 0  # one rank: the same algorithm, no group needed
+    if not dist.is_initialized():
+        cuda = (opts.device or "cpu").startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return int(dist.get_rank())
+
+
+class _rank_zero_first:
+    """Rank 0 runs the block first (generating data, writing the card), then the others."""
+
+    def __init__(self, active: bool) -> None:
+        import torch.distributed as dist
+
+        self.on = active and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+
+    def __enter__(self) -> None:
+        import torch.distributed as dist
+
+        if self.on and self.rank != 0:
+            dist.barrier()
+
+    def __exit__(self, *exc: object) -> None:
+        import torch.distributed as dist
+
+        if self.on and self.rank == 0:
+            dist.barrier()
+
+
 def run_curate(opts: CurateOptions) -> int:
     """Run ``eofm curate`` with ``opts``; prints its summary, returns 0."""
     import numpy as np
@@ -132,7 +172,9 @@ def run_curate(opts: CurateOptions) -> int:
         normalize="zscore",
         stats_max_samples=opts.stats_samples,
     )
-    info = build_dataset(data_cfg, out, seed=opts.seed)
+    rank = _join_group(opts)
+    with _rank_zero_first(opts.distributed):
+        info = build_dataset(data_cfg, out, seed=opts.seed)
     if info.num_samples is None or isinstance(info.dataset, torch.utils.data.IterableDataset):
         raise ConfigError("eofm curate needs a map-style dataset (not a shard stream)")
     encoder: torch.nn.Module
@@ -161,12 +203,14 @@ def run_curate(opts: CurateOptions) -> int:
             resize = size
     norm_note = "model card (z-score)"
     if normalizer is None:
-        normalizer, _ = build_normalizer(data_cfg, info, out)
+        with _rank_zero_first(opts.distributed):
+            normalizer, _ = build_normalizer(data_cfg, info, out)
         norm_note = "dataset card (z-score)"
     device = resolve_device(opts.device)
     encoder.to(device)
     n = int(info.num_samples)
-    print(f"embedding {n:,} samples with {name} ({arch}) on {device}", flush=True)
+    if rank == 0:
+        print(f"embedding {n:,} samples with {name} ({arch}) on {device}", flush=True)
     emb_path = extract_embeddings(
         encoder,
         info.dataset,
@@ -195,15 +239,20 @@ def run_curate(opts: CurateOptions) -> int:
         n_resamples=opts.resamples,
         resample_strategy=opts.resample_strategy,
         seed=opts.seed,
+        distributed=opts.distributed,
     )
     result = curate_embeddings(
         x,
         config,
         labels=labels,
         num_classes=len(class_names) if class_names else None,
-        progress=not opts.quiet,
-        cache=None if opts.restart else "auto",
+        progress=not opts.quiet and rank == 0,
+        cache=None if opts.restart or opts.distributed else "auto",
     )
+    if opts.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0  # rank 0 writes the results (every rank holds the same subset)
     result.timings = {"embed_s": embed_s, **result.timings}
     result.clusters.save(out / "clusters.npz")
     np.save(out / "subset_indices.npy", result.indices)

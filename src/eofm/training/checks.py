@@ -106,12 +106,15 @@ def run_dir_of(config: PretrainConfig) -> Path:
 
 
 def resolve_resume(resume: str | os.PathLike[str] | None, run_dir: Path) -> Path | None:
-    """``"last"``: the newest of ``last.ckpt``/``interrupted.ckpt`` in the run; else a path."""
+    """``"last"``: the newest of ``last.ckpt``/``interrupted.ckpt`` in the run; ``"auto"``: the
+    same, or a fresh start when there is none (for jobs that restart themselves); else a path."""
     if resume is None:
         return None
-    if str(resume) == "last":
+    if str(resume) in ("last", "auto"):
         ckpt_dir = run_dir / "checkpoints"
         found = [p for p in (ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt") if p.is_file()]
+        if not found and str(resume) == "auto":
+            return None
         if not found:
             raise ConfigError(f"--resume last: no last.ckpt or interrupted.ckpt in {ckpt_dir}")
         return max(found, key=lambda p: p.stat().st_mtime_ns)

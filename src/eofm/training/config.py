@@ -156,7 +156,11 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
+    #: Nodes of a torchrun or SLURM launch (checked against the launcher; docs/scale.md).
     num_nodes: int = 1
+    #: How long the ranks wait for each other to form the process group (DDP strategies;
+    #: ``None``: torch's default, 30 min); past it, an error names the rank and the fix.
+    init_timeout_s: float | None = None
     #: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ``ddp_find_unused_parameters_true``...
     strategy: str = "auto"
     #: Keyword arguments for the DDP strategy, or FSDP options (``ShardingOptions``:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 import yaml
 from torch import nn
+from torch.distributed import DistError
 
 from eofm.augment.multiview import MultiViewAugment
 from eofm.data.sensors import find_sensor
@@ -47,6 +48,7 @@ from eofm.training.checks import (
     run_dir_of,
     validate_config,
 )
+from eofm.training.cluster import check_cluster, join_error
 from eofm.training.compilation import CompileOptions, compile_blocks
 from eofm.training.config import PretrainConfig, config_to_dict
 from eofm.training.data import (
@@ -128,6 +130,14 @@ def _is_first_process() -> bool:
     return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def _forming(err: BaseException) -> bool:
+    """Whether ``err`` comes from forming the process group (the store or its clients)."""
+    text = f"{type(err).__name__}: {err}"
+    return any(
+        w in text for w in ("clients joined", "DistStoreError", "DistNetworkError", "connect")
+    )
+
+
 def build_method(config: PretrainConfig, backbone: nn.Module) -> SSLMethod:
     """``create_method`` with the recipe's options; a wrong option is a ConfigError."""
     _check_method(config)
@@ -144,11 +154,16 @@ def _strategy(config: PretrainConfig) -> Any:
     t = config.trainer
     if t.strategy == "fsdp":
         return fsdp_strategy()
-    if t.strategy_options and t.strategy.startswith("ddp"):
+    if (t.strategy_options or t.init_timeout_s) and t.strategy.startswith("ddp"):
         from lightning.pytorch.strategies import DDPStrategy
 
+        options = dict(t.strategy_options)
+        if t.init_timeout_s:
+            options["timeout"] = datetime.timedelta(seconds=t.init_timeout_s)
+        if "find_unused_parameters_true" in t.strategy:
+            options.setdefault("find_unused_parameters", True)
         start: Literal["popen", "spawn"] = "spawn" if "spawn" in t.strategy else "popen"
-        return DDPStrategy(start_method=start, **t.strategy_options)
+        return DDPStrategy(start_method=start, **options)
     return t.strategy
 
 
@@ -280,6 +295,7 @@ def run_pretraining(
 
     validate_config(config)
     t = config.trainer
+    check_cluster(t.num_nodes, t.devices)  # torchrun/SLURM started what the recipe asks
     run_dir = run_dir_of(config)
     ckpt_path = resolve_resume(resume, run_dir)
     if ckpt_path is not None:
@@ -438,6 +454,10 @@ def run_pretraining(
         raise TrainingInterrupted(
             interrupt.saved, trainer.global_step, trainer.global_rank
         ) from None
+    except (DistError, TimeoutError) as err:  # a rank never joined the process group
+        if trainer.global_step > 0 or not _forming(err):
+            raise
+        raise join_error(err, t.init_timeout_s) from None
     except NonFiniteLossError as err:  # nothing was saved from the bad step
         raise NonFiniteLossError(
             err.reason, err.step, checkpoint=_last_good_checkpoint(ckpt_dir)
