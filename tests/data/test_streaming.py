@@ -222,3 +222,89 @@ def test_cache_stays_within_its_limit(s3_pool: str, tmp_path: Path):
         biggest = max(biggest, size)
     assert 0 < biggest <= 20_000 + 2 * chunk_bytes  # the limit plus the chunks in use
     assert np.isfinite(biggest)
+
+
+TINY = [
+    "data.batch_size=16",  # 6 batches per epoch of the 96-sample pool
+    "model.backbone=vit_test",
+    "method.name=simclr",
+    "method.options={hidden_dim: 32, output_dim: 16}",
+    "trainer.max_steps=9",
+    "trainer.checkpoint_every_n_steps=4",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+    "optim.warmup_steps=2",
+    "output.tensorboard=false",
+]
+
+
+def _tiny(s3_pool: str, tmp: Path, name: str, *extra: str) -> Any:
+    from eofm.training import load_config
+
+    return load_config(
+        None, [f"data.path={s3_pool}", *TINY, f"output.dir={tmp}", f"output.name={name}", *extra]
+    )
+
+
+@pytest.mark.slow
+def test_pretrain_on_a_streamed_pool_resumes_mid_epoch_exactly(s3_pool: str, tmp_path: Path):
+    import lightning.pytorch as pl
+
+    from eofm.cli.main import main
+    from eofm.training import TrainingInterrupted, run_pretraining
+
+    # the command line, as the docs write it
+    assert main(["pretrain", f"data.path={s3_pool}", *TINY, "--out", str(tmp_path / "cli")]) == 0
+
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step == 3:
+                raise KeyboardInterrupt  # in the middle of the first epoch
+
+    full = run_pretraining(_tiny(s3_pool, tmp_path, "full"))
+    config = _tiny(s3_pool, tmp_path, "stopped")
+    with pytest.raises(TrainingInterrupted) as info:
+        run_pretraining(config, callbacks=[StopAt()])
+    assert info.value.checkpoint is not None and info.value.step == 3
+    resumed = run_pretraining(config, resume="last")
+    assert resumed.global_step == full.global_step == 9
+    a = torch.load(full.last_checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(resumed.last_checkpoint, weights_only=True)["state_dict"]
+    for k in a:  # the same batches in the same order: the same weights
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_dynamic_pruning_streams_only_the_subset(s3_pool: str, tmp_path: Path):
+    import lightning.pytorch as pl
+
+    from eofm.curation.dynamic import DynamicPruning
+    from eofm.training import run_pretraining
+
+    class Seen(pl.Callback):
+        def __init__(self) -> None:
+            self.indices: dict[int, list[int]] = {}
+            self.subsets: dict[int, list[int] | None] = {}
+
+        def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, i: int):
+            self.indices.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, module: Any) -> None:
+            pruning = next(c for c in trainer.callbacks if isinstance(c, DynamicPruning))
+            self.subsets[trainer.current_epoch] = pruning.subset
+
+    seen = Seen()
+    config = _tiny(
+        s3_pool,
+        tmp_path,
+        "pruned",
+        "trainer.max_steps=12",  # epochs 0..2: 6 + 3 + 3 steps
+        "curation={enabled: true, warmup_epochs: 1, every_epochs: 1, fraction: 0.5, "
+        "subsample: 100}",
+    )
+    assert run_pretraining(config, callbacks=[seen]).global_step == 12
+    assert sorted(seen.indices[0]) == list(range(N))
+    for epoch in (1, 2):
+        subset = seen.subsets[epoch]
+        assert subset is not None and len(subset) == N // 2
+        assert sorted(seen.indices[epoch]) == sorted(subset)  # the stream yields only those
