@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"| local shards | {r['local']:.1f} | {runs['local']} |",
         f"| s3://bench/pool (streamed) | {r['s3']:.1f} | {runs['s3']} |",
         "",
-        f"Streamed / local: **{r['ratio']:.2f}x** (target >= 0.8x). {results_file.machine_line()}",
+        f"Streamed / local: **{r['ratio']:.2f}x** (target >= 0.8x); load average at the end: "
+        f"{results_file.load_str()}. {results_file.machine_line()}",
     ]
     figures = [
         results_file.figure(SECTION, "streaming_s3_img_s", round(r["s3"], 1), "img/s", cmd),
