@@ -308,3 +308,41 @@ def test_dynamic_pruning_streams_only_the_subset(s3_pool: str, tmp_path: Path):
         subset = seen.subsets[epoch]
         assert subset is not None and len(subset) == N // 2
         assert sorted(seen.indices[epoch]) == sorted(subset)  # the stream yields only those
+
+
+def _rank_indices(rank: int, world: int, port: int, url: str, cache: str, out: str) -> None:
+    """One DDP rank (gloo) reading the pool through two DataLoader workers."""
+    import json
+
+    import torch.distributed as dist
+    from litdata import StreamingDataLoader
+
+    from eofm.data.stream import StreamedPool
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        pool = StreamedPool(url, cache_dir=f"{cache}/{rank}", shuffle=True, seed=1)
+        seen = _indices(StreamingDataLoader(pool, batch_size=4, num_workers=2))
+        Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_by_two_workers_are_disjoint_and_cover_the_pool(s3_pool: str, tmp_path: Path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(
+        _rank_indices,
+        args=(2, _free_port(), s3_pool, str(tmp_path / "cache"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(len(r) == len(set(r)) for r in ranks)  # no sample twice within a rank
+    assert not set(ranks[0]) & set(ranks[1])  # disjoint across ranks
+    assert sorted(ranks[0] + ranks[1]) == list(range(N))  # together: the whole pool
