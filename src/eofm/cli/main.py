@@ -110,8 +110,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from eofm.data.shards import pack_dataset
+    from eofm.data.stream.remote import is_remote
 
     ds = _open(args)
+    if is_remote(args.out):
+        from eofm.data.stream.pack import pack_to_url
+
+        pool = pack_to_url(
+            ds,
+            args.out,
+            shard_size=args.shard_size,
+            num_workers=max(1, args.workers),
+            progress=not args.quiet,
+            size=args.size,
+            fit=args.fit,
+        )
+        print(f"packed {len(ds)} samples into the streamable pool {pool.url}")
+        return 0
     out = pack_dataset(
         ds,
         args.out,
@@ -284,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pack = dsub.add_parser("pack", help="pack a dataset into memory-mapped shards", epilog=LAYOUTS)
     data_args(pack)
-    pack.add_argument("out", help="output folder for the shards")
-    pack.add_argument("--shard-size", type=int, default=4096, help="samples per shard")
+    pack.add_argument(
+        "out",
+        help="output folder for the shards, or s3://bucket/prefix (gs://) for a pool streamed "
+        "from object storage (endpoint: $AWS_ENDPOINT_URL)",
+    )
+    pack.add_argument(
+        "--shard-size", type=int, default=4096, help="samples per shard (per chunk of a pool)"
+    )
     pack.add_argument(
         "--size", type=int, default=None, help="bring every image to SIZE x SIZE (see --fit)"
     )
@@ -295,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="crop",
         help="with --size: centre-crop (upsampling smaller images first) or resize whole images",
     )
-    pack.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
+    pack.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader workers for reading (for a URL: litdata processes writing chunks)",
+    )
     pack.set_defaults(func=cmd_pack)
 
     cache = dsub.add_parser(

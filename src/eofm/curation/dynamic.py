@@ -258,7 +258,7 @@ class DynamicPruning(Callback):
             raise ConfigError(
                 "DynamicPruning needs the eofm PretrainDataModule (run it with run_pretraining)"
             )
-        if isinstance(dm.dataset, IterableDataset):
+        if isinstance(dm.dataset, IterableDataset) and not getattr(dm, "streamed", False):
             raise ConfigError(
                 "dynamic pruning needs map-style data: set data.iterable=false (shards are then "
                 "read by index)"
@@ -333,7 +333,8 @@ class DynamicPruning(Callback):
         strategy = trainer.strategy
         rank, world = int(trainer.global_rank), int(trainer.world_size)
         dm = self._datamodule
-        dataset = dm.dataset
+        # a streamed pool is embedded through its map-style view, in index order
+        dataset = getattr(dm, "indexed_dataset", dm.dataset)
         n = len(dataset)
         work = self.work_dir or Path(trainer.default_root_dir) / "curation"
         path = work / f"embeddings-epoch{epoch:05d}.npy"

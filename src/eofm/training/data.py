@@ -16,6 +16,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 from eofm.data.sample import Sample, collate_samples
 from eofm.data.stats import CARD_NAME, DatasetCard, Normalizer, load_or_compute_card
+from eofm.data.stream.remote import is_remote
 from eofm.errors import ConfigError, DataError
 from eofm.training.config import DataConfig
 
@@ -144,6 +145,8 @@ def build_dataset(
     spec = cfg.path
     if not spec:
         raise ConfigError("data.path is empty; give a dataset folder, torchgeo:... or synthetic")
+    if is_remote(spec):
+        return _streamed_dataset(cfg, seed)
     root: Path | None = None
     if spec.startswith("synthetic"):
         root = _synthetic_folder(spec, run_dir)
@@ -216,6 +219,30 @@ def build_dataset(
     )
 
 
+def _streamed_dataset(cfg: DataConfig, seed: int) -> DatasetInfo:
+    """A pool in object storage (``s3://...``), streamed (``eofm.data.stream``)."""
+    from eofm.data.stream.pool import StreamedPool
+
+    pool = StreamedPool(
+        cfg.path,
+        bands=list(cfg.bands) if cfg.bands is not None else None,
+        cache_limit=cfg.cache_limit,
+        shuffle=cfg.shuffle,
+        seed=seed,
+    )
+    first = pool[0]
+    image = first["image"]
+    return DatasetInfo(
+        dataset=pool,
+        root=None,
+        bands=tuple(first["bands"]),
+        sensor=cfg.sensor or pool.sensor,
+        image_size=(int(image.shape[-2]), int(image.shape[-1])),
+        spec=cfg.path,
+        num_samples=len(pool),
+    )
+
+
 def load_card(cfg: DataConfig, info: DatasetInfo, run_dir: Path) -> DatasetCard:
     """The dataset card: ``data.card``, else the data folder's, else computed into the run."""
     # bands=None: the dataset's own bands (compute_stats asserts when given the same list)
@@ -231,6 +258,11 @@ def load_card(cfg: DataConfig, info: DatasetInfo, run_dir: Path) -> DatasetCard:
         card = DatasetCard.from_json(cfg.card)
         card.mean_std(info.bands)  # raises a BandMismatchError naming the card if bands differ
         return card
+    if is_remote(info.spec):  # the card packed with the pool, kept in the run folder
+        pool_card: DatasetCard = info.dataset.card()  # type: ignore[attr-defined]
+        pool_card.mean_std(info.bands)
+        pool_card.to_json(run_dir / CARD_NAME)
+        return pool_card
     if info.root is not None and (info.root / CARD_NAME).is_file():
         try:
             card = DatasetCard.from_json(info.root / CARD_NAME)
@@ -348,10 +380,29 @@ class PretrainDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None
         #: Training subset (dataset indices) set by curation callbacks; ``None``: everything.
         self.subset: list[int] | None = None
+        #: A streamed pool's loader and the state it resumes from (``eofm.data.stream``).
+        self._stream_loader: Any = None
+        self._stream_state: dict[str, Any] | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the data are a pool in object storage (streamed; subsets allowed)."""
+        from eofm.data.stream.remote import is_remote
+
+        return is_remote(str(getattr(self.dataset, "url", "")))
+
+    @property
+    def indexed_dataset(self) -> Dataset[Sample]:
+        """The data read by index (a streamed pool through a map-style view)."""
+        if self.streamed:
+            from eofm.data.stream.loader import PoolByIndex
+
+            return PoolByIndex(self.dataset)  # type: ignore[arg-type]
+        return self.dataset
 
     def set_subset(self, indices: Sequence[int] | None) -> None:
         """Train on these dataset indices from the next train dataloader on (``None``: all)."""
-        if indices is not None and isinstance(self.dataset, IterableDataset):
+        if indices is not None and isinstance(self.dataset, IterableDataset) and not self.streamed:
             raise ConfigError("a training subset needs map-style data (data.iterable=false)")
         self.subset = None if indices is None else [int(i) for i in indices]
 
@@ -361,13 +412,22 @@ class PretrainDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {
+        state: dict[str, Any] = {
             "epoch": int(trainer.current_epoch),
             # batches whose training step ran this epoch ("processed" counts the batch whose
             # on_train_batch_end saves the checkpoint)
-            "samples": int(getattr(progress, "processed", 0)) * int(self.cfg.batch_size),
+            "samples": self._trained_batches() * int(self.cfg.batch_size),
         }
+        if self._stream_loader is not None:
+            # litdata's stream position, counted in trained batches (ResumableStreamLoader)
+            state["stream"] = self._stream_loader.state_dict()
+        return state
+
+    def _trained_batches(self) -> int:
+        if self.trainer is None:
+            return 0
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(getattr(progress, "processed", 0))
 
     @property
     def resumed_from(self) -> dict[str, int] | None:
@@ -382,6 +442,35 @@ class PretrainDataModule(pl.LightningDataModule):
                 "epoch": int(state_dict["epoch"]),
                 "samples": int(state_dict["samples"]),
             }
+        self._stream_state = state_dict.get("stream")
+
+    def _stream_dataloader(self, common: dict[str, Any]) -> DataLoader[Any]:
+        """litdata's loader over the streamed pool (only the subset's indices, if one is set);
+        resumes from the checkpoint's stream state once."""
+        from eofm.data.stream.loader import ResumableStreamLoader
+
+        pool: Any = self.dataset
+        if self.subset is not None:
+            pool = pool.subset(self.subset)
+        n = len(pool)
+        if n < self.cfg.batch_size:
+            raise ConfigError(
+                f"the streamed pool {pool.url} has {n} samples (after the subset), fewer than "
+                f"data.batch_size={self.cfg.batch_size}"
+            )
+        pool.to_sample.native = True  # uint8 stays uint8 to the device
+        pool.to_sample.paths = False
+        for key in ("drop_last", "persistent_workers"):
+            common.pop(key)
+        loader = ResumableStreamLoader(pool, **common)
+        loader.trained_batches = self._trained_batches
+        if self._stream_state is not None:
+            loader.load_state_dict(self._stream_state)
+            self._stream_state = None
+        elif self.trainer is not None:  # a loader made anew each epoch shuffles by the epoch
+            loader.current_epoch = int(self.trainer.current_epoch)
+        self._stream_loader = loader
+        return loader
 
     def train_dataloader(self) -> DataLoader[Any]:
         from eofm.data.shards import ShardBatches, ShardDataset
@@ -396,6 +485,8 @@ class PretrainDataModule(pl.LightningDataModule):
             "pin_memory": cfg.pin_memory,
             "persistent_workers": bool(cfg.persistent_workers and workers > 0),
         }
+        if self.streamed:
+            return self._stream_dataloader(common)
         if isinstance(self.dataset, IterableDataset):
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
             set_epoch = getattr(self.dataset, "set_epoch", None)

@@ -435,8 +435,11 @@ def run_pretraining(
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],  # no half-written checkpoint, whatever kills the run
         num_sanity_val_steps=0,
-        # streamed shards reseed each epoch; dynamic pruning swaps the training subset
-        reload_dataloaders_every_n_epochs=1 if config.data.iterable or pruning is not None else 0,
+        # streamed shards reseed each epoch; dynamic pruning swaps the training subset; a pool
+        # in object storage gets a fresh litdata loader (a resumed one would replay its state)
+        reload_dataloaders_every_n_epochs=(
+            1 if config.data.iterable or pruning is not None or datamodule.streamed else 0
+        ),
         use_distributed_sampler=False,  # EpochShuffleSampler splits by rank
     )
     sigint = signal.getsignal(signal.SIGINT)
